@@ -1,0 +1,39 @@
+# The README's two commands: `make run` (set up, then the whole default experiment) and
+# `make test` (set up, then the test suite). `make setup` alone installs everything.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CORES ?= all
+
+.PHONY: setup run test lint clean
+
+setup: $(VENV)/.installed $(FMNIST)
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[workflow,test]'
+	touch $@
+
+$(FMNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+run: setup
+	snakemake --cores $(CORES)
+	dvc commit --force --quiet
+	@echo "report: reports/index.html (dvc status: $$(dvc status -q && echo clean || echo changed))"
+
+test: setup
+	pytest
+
+lint: setup
+	ruff check src tests
+	snakemake --lint
+
+clean:
+	rm -rf data/prepared data/splits data/runs data/checkpoints data/logs data/benchmarks reports/* .snakemake

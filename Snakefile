@@ -1,0 +1,20 @@
+# How transferable are features in deep neural networks? (Yosinski et al., NIPS 2014)
+# Every rule calls the `transferability` CLI; the logic lives in src/transferability/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,57 @@
+"""`transferability <stage>`: the one entry point that Snakemake rules and DVC stages call."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import params as params_mod
+from . import runs, stages
+from .errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="transferability", description=__doc__)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sub = p.add_subparsers(dest="stage", required=True)
+    sub.add_parser("check", help="validate the params file and exit")
+    sub.add_parser("plan", help="list every network the params ask for")
+    sub.add_parser("prepare", help="turn the dataset source into the store under data/prepared/")
+    s = sub.add_parser("split", help="write class halves A and B of one split to data/splits/")
+    s.add_argument("--split", required=True)
+    t = sub.add_parser("train", help="train one network (a base or a transfer variant)")
+    t.add_argument("--split", required=True)
+    t.add_argument("--seed", type=int, required=True)
+    t.add_argument("--variant", required=True, help="baseA, baseB, or XnY[-ft], e.g. AnB-ft")
+    t.add_argument("--n", type=int, default=None, help="layers copied, 1..7 (transfer variants)")
+    sub.add_parser("report", help="tables, Figure 2, decomposition and HTML under reports/")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        params = params_mod.load(args.params)
+        if args.stage == "check":
+            print(f"{args.params}: valid; {len(runs.networks(params))} networks planned")
+        elif args.stage == "plan":
+            for net in runs.networks(params):
+                print(f"{net.split}\tseed{net.seed}\t{net.name}\t{net.dir}")
+        elif args.stage == "prepare":
+            stages.prepare(params)
+        elif args.stage == "split":
+            stages.split(params, args.split)
+        elif args.stage == "train":
+            stages.train_network(params, args.split, args.seed, args.variant, args.n)
+        elif args.stage == "report":
+            from .report import build_report
+
+            build_report(params)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Choosing the device, and claiming a free GPU with per-card lock files.
+
+Snakemake's ``--resources gpu=N`` only counts jobs; it hands out no device ids. Each training
+job therefore takes an exclusive ``flock`` on ``<lock_dir>/gpu<i>.lock`` for the first free i and
+holds it for its lifetime. The kernel releases the lock when the process dies, however it dies,
+so a killed job never strands a card.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+import time
+from pathlib import Path
+from typing import IO
+
+import torch
+
+from .errors import UserError
+
+_held: list[IO] = []  # lock files held open by this process
+
+
+def claim_gpu(count: int, lock_dir: str | Path, wait_s: float = 0.5, timeout_s: float | None = None) -> int:
+    """Return the index of a card no other process holds, waiting until one frees up."""
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    while True:
+        for i in range(count):
+            f = open(lock_dir / f"gpu{i}.lock", "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            _held.append(f)
+            return i
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise TimeoutError(f"no free GPU among {count} in {lock_dir} after {timeout_s} s")
+        time.sleep(wait_s)
+
+
+def resolve_device(requested: str, lock_dir: str | Path) -> torch.device:
+    """cpu, or a claimed CUDA card; 'cuda' with no card present is a configuration error."""
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("compute.device is 'cuda' but torch finds no CUDA device here; "
+                        "set compute.device: cpu (or auto)")
+    index = claim_gpu(torch.cuda.device_count(), lock_dir)
+    print(f"claimed GPU {index} ({lock_dir}/gpu{index}.lock)", file=sys.stderr)
+    return torch.device("cuda", index)

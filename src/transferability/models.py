@@ -1,0 +1,133 @@
+"""The 8-layer AlexNet family, with layers numbered 1..8 as in the study.
+
+Layer k is the unit the study copies: conv_k with its ReLU, pooling and LRN for k <= 5; fc_k with
+its ReLU and dropout for k = 6, 7; fc8 is the classifier. ``caffenet`` is the study's network
+(BVLC reference CaffeNet: pooling before LRN, conv2/4/5 in two groups); ``small`` keeps the same
+eight layers for 28x28 inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+# (out channels, kernel, stride, padding, groups, pool kernel or 0, lrn after pool)
+CAFFENET_CONVS = ((96, 11, 4, 0, 1, 3, True), (256, 5, 1, 2, 2, 3, True), (384, 3, 1, 1, 1, 0, False),
+                  (384, 3, 1, 1, 2, 0, False), (256, 3, 1, 1, 2, 3, False))
+CAFFENET_FC = 4096
+# The study's prototxt: Gaussian std and constant bias per layer.
+CAFFE_INIT = {"conv1": (0.01, 0.0), "conv2": (0.01, 1.0), "conv3": (0.01, 0.0), "conv4": (0.01, 1.0),
+              "conv5": (0.01, 1.0), "fc6": (0.005, 1.0), "fc7": (0.005, 1.0), "fc8": (0.01, 0.0)}
+
+
+def small_convs(width: float) -> tuple[tuple[int, int, int, int, int, int, bool], ...]:
+    def ch(c: int) -> int:
+        return max(2, 2 * round(c * width / 2))  # even, for the two groups
+
+    return ((ch(32), 3, 1, 1, 1, 2, True), (ch(64), 3, 1, 1, 2, 2, True), (ch(96), 3, 1, 1, 1, 0, False),
+            (ch(96), 3, 1, 1, 2, 0, False), (ch(64), 3, 1, 1, 2, 2, False))
+
+
+class AlexNetFamily(nn.Module):
+    """Eight named layers applied in order; ``layer(k)`` is the study's layer k."""
+
+    def __init__(self, convs: tuple, fc: int, in_channels: int, num_classes: int, input_size: int,
+                 dropout: float) -> None:
+        super().__init__()
+        layers: dict[str, nn.Module] = {}
+        c = in_channels
+        for k, (out, kernel, stride, pad, groups, pool, lrn) in enumerate(convs, start=1):
+            mods: list[nn.Module] = [nn.Conv2d(c, out, kernel, stride, pad, groups=groups),
+                                     nn.ReLU(inplace=True)]
+            if pool:
+                mods.append(nn.MaxPool2d(pool, stride=2))
+            if lrn:
+                mods.append(nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0))
+            layers[f"conv{k}"] = nn.Sequential(*mods)
+            c = out
+        with torch.no_grad():
+            x = torch.zeros(1, in_channels, input_size, input_size)
+            for m in layers.values():
+                x = m(x)
+        flat = x.numel()
+        layers["fc6"] = nn.Sequential(nn.Flatten(), nn.Linear(flat, fc), nn.ReLU(inplace=True),
+                                      nn.Dropout(dropout))
+        layers["fc7"] = nn.Sequential(nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        layers["fc8"] = nn.Sequential(nn.Linear(fc, num_classes))
+        self.layers = nn.ModuleDict(layers)
+
+    def layer(self, k: int) -> nn.Module:
+        return self.layers[LAYER_NAMES[k - 1]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for m in self.layers.values():
+            x = m(x)
+        return x
+
+
+def _weighted(layer: nn.Module) -> nn.Conv2d | nn.Linear:
+    return next(m for m in layer.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def init_layer(net: AlexNetFamily, k: int, scheme: str) -> None:
+    """Initialise layer k as a fresh network would (``caffe``: the study's Gaussians)."""
+    m = _weighted(net.layer(k))
+    name = LAYER_NAMES[k - 1]
+    with torch.no_grad():
+        if scheme == "caffe":
+            std, bias = CAFFE_INIT[name]
+            m.weight.normal_(0.0, std)
+            m.bias.fill_(bias)
+        elif name == "fc8":
+            m.weight.normal_(0.0, 0.01)
+            m.bias.zero_()
+        else:
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            m.bias.zero_()
+
+
+def build_model(model: dict[str, Any], in_channels: int, num_classes: int, input_size: int,
+                seed: int) -> AlexNetFamily:
+    """Build and initialise a network; the same seed gives the same weights."""
+    if model["arch"] == "caffenet":
+        convs, fc = CAFFENET_CONVS, CAFFENET_FC
+    else:
+        width = model.get("width", 1.0)
+        convs, fc = small_convs(width), max(2, round(256 * width))
+    with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
+        torch.manual_seed(seed)
+        net = AlexNetFamily(convs, fc, in_channels, num_classes, input_size, model["dropout"])
+        for k in range(1, 9):
+            init_layer(net, k, model["init"])
+    return net
+
+
+def forward_flops(net: AlexNetFamily, in_channels: int, input_size: int) -> int:
+    """Multiply-adds x 2 of one forward pass for one image (convs and linears only)."""
+    flops = 0
+    hooks = []
+
+    def count(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        nonlocal flops
+        if isinstance(mod, nn.Conv2d):
+            k = mod.in_channels // mod.groups * math.prod(mod.kernel_size)
+            flops += 2 * out.numel() * k
+        elif isinstance(mod, nn.Linear):
+            flops += 2 * mod.in_features * mod.out_features
+
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_hook(count))
+    with torch.no_grad():
+        was = net.training
+        net.eval()
+        net(torch.zeros(1, in_channels, input_size, input_size))
+        net.train(was)
+    for h in hooks:
+        h.remove()
+    return flops

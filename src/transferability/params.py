@@ -1,0 +1,94 @@
+"""Load and validate params.yaml: the single configuration of Snakemake, DVC and the CLI.
+
+Validation happens before any work: the JSON schema catches unknown keys, wrong types and
+out-of-range values; ``check`` adds the rules a schema cannot express (lists that must agree).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import UserError
+
+SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
+
+
+def schema() -> dict[str, Any]:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _where(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def _explain(error: jsonschema.ValidationError) -> str:
+    key = _where(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        where = f"under '{key}'" if error.absolute_path else "at the top level"
+        return f"unknown key {extra} {where}; allowed keys: {', '.join(allowed)}"
+    if error.validator == "enum":
+        allowed = ", ".join(map(str, error.validator_value))
+        return f"'{key}' is {error.instance!r}; allowed values: {allowed}"
+    if error.validator == "required":
+        return f"missing key under '{key}': {error.message}"
+    return f"'{key}': {error.message}"
+
+
+def validate(params: dict[str, Any], source: str = "params") -> dict[str, Any]:
+    """Raise UserError with one line naming the key and the allowed values, else return params."""
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise UserError(f"{source}: {_explain(errors[0])}")
+    check(params, source)
+    return params
+
+
+def check(params: dict[str, Any], source: str = "params") -> None:
+    """Cross-key rules the schema cannot state."""
+    exp = params["experiment"]
+    for name in exp["splits"]:
+        if name not in params["splits"]:
+            raise UserError(
+                f"{source}: experiment.splits names '{name}', which is not defined under 'splits' "
+                f"(defined: {', '.join(params['splits'])})"
+            )
+    for name, split in params["splits"].items():
+        if split["method"] == "random" and "seed" not in split:
+            raise UserError(f"{source}: splits.{name} uses method 'random' and needs a 'seed'")
+        if split["method"] == "lists" and not ("A" in split and "B" in split):
+            raise UserError(f"{source}: splits.{name} uses method 'lists' and needs both 'A' and 'B'")
+    if exp["variants"] and not exp["layers"]:
+        raise UserError(f"{source}: experiment.layers is empty but variants are asked for; give n in 1..7")
+    steps = params["train"]["lr_steps"]
+    if steps != sorted(steps):
+        raise UserError(f"{source}: train.lr_steps must increase, got {steps}")
+    ds = params["dataset"]
+    if ds["source"] == "imagefolder" and not ds.get("image_size"):
+        raise UserError(f"{source}: dataset.image_size is required for source 'imagefolder' (e.g. 256)")
+
+
+def load(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"params file {path} not found; run from the project root or pass --params")
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(params, dict):
+        raise UserError(f"{path} must hold a mapping of sections (dataset, splits, ...)")
+    return validate(params, str(path))
+
+
+def digest(obj: Any) -> str:
+    """A stable short hash of any JSON-able value: equal configurations give equal digests."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,309 @@
+"""The report: every run in a table, the study's Figure 2 for the user's data, the per-n
+decomposition of the effects, learning curves, ``reports/metrics.json`` and an HTML page.
+
+Accuracy is the study's metric (mean of the k best evaluations, ``top1_kbest``) unless a column
+says ``final``. Where a variant has several seeds, tables give the mean and the plot every run.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from . import runs  # noqa: E402
+from .atomic import atomic_path, write_json, write_text  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .training import versions  # noqa: E402
+
+STUDY_RESULTS = Path(__file__).with_name("reference") / "results.csv"
+# Colours and markers as close to the study's Figure 2 as a legend allows.
+STYLE = {"TnT": ("#1f4e9c", "o", "-"), "TnT+": ("#6fa8dc", "o", "--"), "SnT": ("#c0392b", "D", "-"),
+         "SnT+": ("#f1948a", "D", "--"), "RnT": ("#7f7f7f", "s", ":")}
+COLUMNS = ["split", "seed", "network", "family", "n", "source", "target", "top1_kbest", "top1",
+           "wall_time_s", "images_per_s"]
+
+
+def role(family: str, target: str) -> str:
+    """BnB -> TnT (self), AnB -> SnT (other half), RnB -> RnT, keeping '+'."""
+    src = family[0]
+    kind = "R" if src == "R" else ("T" if src == target else "S")
+    return f"{kind}nT" + ("+" if family.endswith("+") else "")
+
+
+def collect(params: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for net in runs.networks(params):
+        f = net.file("metrics.json")
+        if not f.exists():
+            raise UserError(f"{f} is missing: train {net.name} ({net.split}, seed {net.seed}) first")
+        m = json.loads(f.read_text())
+        t = json.loads(net.file("timing.json").read_text())
+        rows.append({"split": net.split, "seed": net.seed, "network": net.name, "family": net.family,
+                     "n": net.n or 0, "source": net.source or "", "target": net.target,
+                     "top1_kbest": m["top1_kbest"], "top1": m["top1"],
+                     "wall_time_s": t["wall_time_s"], "images_per_s": t["images_per_s"],
+                     "slug": net.slug, "evals": m["evals"], "versions": m["versions"],
+                     "run_seed": m["run_seed"]})
+    return rows
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float | None]:
+    return mean(values), (stdev(values) if len(values) > 1 else None)
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    """(split, family, n) -> mean, sd and count of the study's metric and of final top-1."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["split"], r["family"], r["n"])].append(r)
+    out = {}
+    for key, rs in groups.items():
+        m, sd = _mean_sd([r["top1_kbest"] for r in rs])
+        out[key] = {"top1_kbest": m, "top1_kbest_sd": sd, "top1": mean(r["top1"] for r in rs),
+                    "runs": len(rs), "target": rs[0]["target"]}
+    return out
+
+
+def decomposition(summary: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per split, target half and n: the study's three effects, from mean accuracies.
+
+    co-adaptation loss = baseT - TnT; specificity = TnT - SnT; fine-tuning gain = SnT+ - baseT.
+    """
+    out = []
+    for split, target in sorted({(k[0], v["target"]) for k, v in summary.items()}):
+        other = "A" if target == "B" else "B"
+        base = summary.get((split, f"base{target}", 0))
+        for n in range(1, 8):
+            self_, other_, other_ft = (_acc(summary, split, family, n) for family in
+                                       (f"{target}n{target}", f"{other}n{target}", f"{other}n{target}+"))
+            if self_ is None and other_ is None and other_ft is None:
+                continue
+            b = base["top1_kbest"] if base else None
+            out.append({"split": split, "target": target, "n": n,
+                        "coadaptation_loss": _diff(b, self_), "specificity": _diff(self_, other_),
+                        "finetune_gain": _diff(other_ft, b)})
+    return out
+
+
+def _acc(summary: dict[tuple, dict[str, Any]], split: str, family: str, n: int) -> float | None:
+    s = summary.get((split, family, n))
+    return s["top1_kbest"] if s else None
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def study_points(split: str, target: str) -> list[dict[str, Any]]:
+    """The study's published networks for this split and target half, in our roles."""
+    names = {"base": "base", "selffer": "TnT", "selffer_ft": "TnT+", "transfer": "SnT",
+             "transfer_ft": "SnT+"}
+    out = []
+    with open(STUDY_RESULTS) as f:
+        for r in csv.DictReader(f):
+            if r["split"] == split and r["target"] == target and r["variant"] in names:
+                out.append({"role": names[r["variant"]], "n": int(r["n"]), "top1": float(r["top1"])})
+    return out
+
+
+def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], overlay: bool,
+            path: Path) -> None:
+    """Top-1 against n: a point per run, a mean line per variant, the base as a band."""
+    panels = sorted({(r["split"], r["target"]) for r in rows if r["family"] != f"base{_other(r['target'])}"})
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.2), squeeze=False)
+    for ax, (split, target) in zip(axes[0], panels, strict=True):
+        base = [r["top1_kbest"] for r in rows if r["split"] == split and r["family"] == f"base{target}"]
+        lo, hi = min(base), max(base)
+        ax.axhspan(lo - 0.0005, hi + 0.0005, color="#dddddd", zorder=0)
+        ax.axhline(mean(base), color="#555555", lw=1, zorder=1, label=f"base{target} (mean, range)")
+        ax.scatter([0] * len(base), base, color="white", edgecolor="black", zorder=3, s=36)
+        families = sorted({r["family"] for r in rows if r["split"] == split and r["target"] == target
+                           and not r["family"].startswith("base")}, key=lambda f: list(STYLE).index(role(f, target)))
+        for fam in families:
+            color, marker, ls = STYLE[role(fam, target)]
+            pts = [r for r in rows if r["split"] == split and r["family"] == fam]
+            jitter = {"TnT": -0.12, "TnT+": -0.04, "SnT": 0.04, "SnT+": 0.12, "RnT": 0.0}[role(fam, target)]
+            ax.scatter([r["n"] + jitter for r in pts], [r["top1_kbest"] for r in pts], color=color,
+                       marker=marker, s=28, alpha=0.8, zorder=3)
+            ns = sorted({r["n"] for r in pts})
+            ax.plot(ns, [summary[(split, fam, n)]["top1_kbest"] for n in ns], color=color, ls=ls, lw=1.8,
+                    label=fam, zorder=2)
+        if overlay:
+            study = study_points(split, target)
+            for rl in ("TnT", "TnT+", "SnT", "SnT+"):
+                pts = [p for p in study if p["role"] == rl]
+                if pts:
+                    ax.scatter([p["n"] for p in pts], [p["top1"] for p in pts], facecolor="none",
+                               edgecolor=STYLE[rl][0], marker=STYLE[rl][1], s=60, zorder=4,
+                               label=f"study {rl.replace('T', target, 2).replace('S', _other(target))}")
+        ax.set_xlim(-0.4, 7.4)
+        ax.set_xticks(range(8))
+        ax.set_xlabel("n: layers copied from the source network")
+        ax.set_ylabel(f"top-1 on half {target} (mean of k best evaluations)")
+        ax.set_title(f"{split}: target half {target}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left", ncol=2)
+    fig.suptitle("How transferable are features? (Yosinski et al. 2014, Figure 2, on this data)")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def _other(half: str) -> str:
+    return "A" if half == "B" else "B"
+
+
+def curves_figure(rows: list[dict[str, Any]], path: Path) -> None:
+    """Learning curves: test top-1 during training, one panel per variant, a line per n."""
+    keys = sorted({(r["split"], r["family"]) for r in rows})
+    cols = min(4, len(keys))
+    nrows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False, sharey=True)
+    cmap = plt.get_cmap("viridis")
+    for ax, (split, fam) in zip(axes.flat, keys, strict=False):
+        for r in (r for r in rows if r["split"] == split and r["family"] == fam):
+            ax.plot([e["epoch"] for e in r["evals"]], [e["top1"] for e in r["evals"]],
+                    color=cmap(r["n"] / 7), lw=1, label=r["network"] if r["seed"] == rows[0]["seed"] else None)
+        ax.set_title(f"{split}: {fam}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.supxlabel("epoch")
+    fig.supylabel("test top-1")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return ""
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(header: list[str], table: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in table]
+    return "\n".join(lines) + "\n"
+
+
+def html_table(header: list[str], table: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in table)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def variant_table(summary: dict[tuple, dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Rows: split and variant; columns: n = 0 (bases) and 1..7."""
+    header = ["split", "variant"] + [f"n={n}" for n in range(8)]
+    table = []
+    keys = sorted({(k[0], k[1]) for k in summary}, key=lambda k: (k[0], not k[1].startswith("base"), k[1]))
+    for split, fam in keys:
+        row = [split, fam] + [summary.get((split, fam, n), {}).get("top1_kbest") for n in range(8)]
+        table.append(row)
+    return header, table
+
+
+def metrics_json(summary: dict[tuple, dict[str, Any]], decomp: list[dict[str, Any]],
+                 rows: list[dict[str, Any]], params: dict[str, Any]) -> dict[str, Any]:
+    """Nested numbers for `dvc metrics diff`: split -> variant -> n -> accuracy, plus provenance."""
+    out: dict[str, Any] = {}
+    for (split, fam, n), s in sorted(summary.items()):
+        slug = fam.replace("+", "-ft")
+        entry = {"top1_kbest": round(s["top1_kbest"], 6), "top1": round(s["top1"], 6)}
+        if fam.startswith("base"):
+            out.setdefault(split, {})[slug] = entry
+        else:
+            out.setdefault(split, {}).setdefault(slug, {})[f"n{n}"] = entry
+    for d in decomp:
+        out[d["split"]].setdefault(f"effects_{d['target']}", {})[f"n{d['n']}"] = {
+            k: round(d[k], 6) for k in ("coadaptation_loss", "specificity", "finetune_gain") if d[k] is not None}
+    out["provenance"] = {"seeds": params["experiment"]["seeds"], "runs": len(rows),
+                         "run_seeds": {f"{r['split']}/seed{r['seed']}/{r['slug']}": r["run_seed"]
+                                       for r in rows},
+                         "versions": rows[0]["versions"],
+                         "params": {k: params[k] for k in ("dataset", "model", "train", "evaluate")}}
+    return out
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Transferability report</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}}
+td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}
+th{{background:#f3f3f3}}img{{max-width:100%}}code,pre{{background:#f6f6f6}}pre{{padding:0.6em;overflow:auto;font-size:12px}}</style>
+</head><body>
+<h1>How transferable are features in this network?</h1>
+<p>{intro}</p>
+<h2>Figure 2: top-1 on the target half against the number of layers copied</h2>
+<img src="figure2.png" alt="Figure 2: top-1 against n for every variant">
+<p>Points: single networks; lines: the mean of each variant over seeds; grey band and line: the base
+network trained on the target half (its range over seeds). TnT (BnB): layers from the base of the same half,
+frozen; + : all layers fine-tuned; SnT (AnB): layers from the other half's base; RnT (RnB): random frozen filters.</p>
+<h2>Accuracy per variant and n</h2>
+{variants}
+<h2>Decomposition per n</h2>
+<p>co-adaptation loss = baseB &minus; BnB; specificity = BnB &minus; AnB; fine-tuning gain = AnB+ &minus; baseB
+(top-1 points as fractions; B stands for the target half).</p>
+{decomposition}
+<h2>Learning curves</h2>
+<img src="curves.png" alt="Test top-1 during training for every network">
+<h2>All runs</h2>
+{runs}
+<h2>Provenance</h2>
+<pre>{provenance}</pre>
+</body></html>
+"""
+
+
+def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) -> None:
+    out = Path(out_dir)
+    rows = collect(params)
+    summary = summarise(rows)
+    decomp = decomposition(summary)
+    run_table = [[r[c] for c in COLUMNS] for r in rows]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([COLUMNS] + run_table)
+    write_text(out / "runs.csv", buf.getvalue())
+    write_text(out / "runs.md", markdown(COLUMNS, run_table))
+    d_header = ["split", "target", "n", "coadaptation_loss", "specificity", "finetune_gain"]
+    d_table = [[d[k] for k in d_header] for d in decomp]
+    write_text(out / "decomposition.md", markdown(d_header, d_table))
+    v_header, v_table = variant_table(summary)
+    write_text(out / "variants.md", markdown(v_header, v_table))
+    metrics = metrics_json(summary, decomp, rows, params)
+    write_json(out / "metrics.json", metrics)
+    for r in rows:  # per-run learning curves for `dvc plots`
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["epoch", "top1", "train_loss"], extrasaction="ignore",
+                           lineterminator="\n")
+        w.writeheader()
+        w.writerows(r["evals"])
+        write_text(Path(runs.REPORT_CURVES) / f"{r['split']}-seed{r['seed']}-{r['slug']}.csv", buf.getvalue())
+    figure2(rows, summary, params.get("report", {}).get("overlay_study", False), out / "figure2.png")
+    curves_figure(rows, out / "curves.png")
+    seeds = params["experiment"]["seeds"]
+    intro = (f"{len(rows)} networks on {params['dataset']['name']} ({params['model']['arch']} model), "
+             f"splits {', '.join(params['experiment']['splits'])}, seeds {seeds}. "
+             "Accuracy is the study's metric: the mean of the "
+             f"{params['evaluate']['k_best']} best of the test evaluations made during training.")
+    provenance = json.dumps({"versions": versions(), "params": params}, indent=2)
+    write_text(out / "index.html", PAGE.format(
+        intro=html.escape(intro), variants=html_table(v_header, v_table),
+        decomposition=html_table(d_header, d_table), runs=html_table(COLUMNS, run_table),
+        provenance=html.escape(provenance)))
+    print(f"report: {out / 'index.html'} ({len(rows)} runs)")

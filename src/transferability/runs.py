@@ -1,0 +1,136 @@
+"""Which networks the params ask for, what each one is called, and where it writes.
+
+The study's notation (baseB, B3B, A3B+) is for people; file and stage names use a shell-,
+wildcard- and DVC-safe form of it: the variant with ``-ft`` for '+' and n as its own path level
+(``AnB-ft/n3``). Snakemake, DVC and the CLI all take their paths from the patterns below.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+PREPARED = "data/prepared/{dataset}"
+SPLIT = "data/splits/{split}.json"
+BASE_DIR = "data/runs/{split}/seed{seed}/{variant}"
+TRANSFER_DIR = "data/runs/{split}/seed{seed}/{variant}/n{n}"
+# A run's resumable state lives outside its folder, so a DAG that clears a stale run's outputs
+# before re-running it (Snakemake, DVC) never deletes the checkpoint the run resumes from.
+CHECKPOINTS = "data/checkpoints"
+RUN_FILES = ("metrics.json", "timing.json", "curve.csv", "model.pt")
+REPORT_DIR = "reports"
+REPORT_FILES = ("index.html", "figure2.png", "curves.png", "metrics.json", "runs.csv", "runs.md",
+                "variants.md", "decomposition.md")
+REPORT_CURVES = "reports/curves"  # one CSV per run, for `dvc plots`
+
+BASE_RE = re.compile(r"^base(?P<tgt>[AB])$")
+TRANSFER_RE = re.compile(r"^(?P<src>[ABR])n(?P<tgt>[AB])(?P<ft>-ft)?$")
+# Snakemake wildcard constraints, so a base's folder can never be mistaken for a transfer's.
+WILDCARDS = {"variant_base": r"base[AB]", "variant_transfer": r"[ABR]n[AB](-ft)?", "n": r"[1-7]",
+             "seed": r"\d+", "split": r"[A-Za-z0-9_]+"}
+
+
+@dataclass(frozen=True)
+class Network:
+    """One trained network: a base (n is None) or a transfer network copying n layers."""
+
+    split: str
+    seed: int
+    variant: str
+    n: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.is_base:
+            if self.n is not None:
+                raise UserError(f"variant '{self.variant}' is a base network and takes no n")
+        else:
+            if not TRANSFER_RE.match(self.variant):
+                raise UserError(
+                    f"unknown variant '{self.variant}'; allowed: baseA, baseB, or XnY[-ft] with "
+                    "X in A, B, R and Y in A, B (e.g. AnB-ft)"
+                )
+            if self.n is None or not 1 <= self.n <= 7:
+                raise UserError(f"variant '{self.variant}' needs n in 1..7, got {self.n}")
+            if self.variant.startswith("R") and self.variant.endswith("-ft"):
+                raise UserError("RnX-ft is not a variant: random filters fine-tuned are a base")
+
+    @property
+    def is_base(self) -> bool:
+        return bool(BASE_RE.match(self.variant))
+
+    @property
+    def target(self) -> str:
+        m = BASE_RE.match(self.variant) or TRANSFER_RE.match(self.variant)
+        return m["tgt"]
+
+    @property
+    def source(self) -> str | None:
+        """The half whose base supplies layers 1..n ('R': random filters, None: a base)."""
+        return None if self.is_base else self.variant[0]
+
+    @property
+    def fine_tune(self) -> bool:
+        return self.variant.endswith("-ft")
+
+    @property
+    def frozen_layers(self) -> list[int]:
+        return [] if self.is_base or self.fine_tune else list(range(1, self.n + 1))
+
+    @property
+    def slug(self) -> str:
+        """File-safe study name: baseB, A3B, A3B-ft, R3B."""
+        if self.is_base:
+            return self.variant
+        return f"{self.variant[0]}{self.n}{self.variant[2:]}"
+
+    @property
+    def name(self) -> str:
+        """The study's notation: baseB, A3B, A3B+, R3B."""
+        return self.slug.replace("-ft", "+")
+
+    @property
+    def family(self) -> str:
+        """The variant in the study's notation, without n: BnB+, AnB, baseB."""
+        return self.variant.replace("-ft", "+")
+
+    @property
+    def dir(self) -> Path:
+        pattern = BASE_DIR if self.is_base else TRANSFER_DIR
+        return Path(pattern.format(split=self.split, seed=self.seed, variant=self.variant, n=self.n))
+
+    @property
+    def checkpoint(self) -> Path:
+        """data/checkpoints/<split>/seed<seed>/baseB.pt or .../AnB-ft/n3.pt"""
+        return Path(CHECKPOINTS, *self.dir.parts[2:]).with_suffix(".pt")
+
+    @property
+    def source_base(self) -> Network | None:
+        if self.source in ("A", "B"):
+            return Network(self.split, self.seed, f"base{self.source}")
+        return None
+
+    def file(self, name: str) -> Path:
+        return self.dir / name
+
+
+def networks(params: dict[str, Any]) -> list[Network]:
+    """Every network the experiment section asks for, bases first, in a stable order."""
+    exp = params["experiment"]
+    out = []
+    for split in exp["splits"]:
+        for seed in exp["seeds"]:
+            out += [Network(split, seed, "baseA"), Network(split, seed, "baseB")]
+            out += [Network(split, seed, v, n) for v in exp["variants"] for n in exp["layers"]]
+    return out
+
+
+def split_path(split: str) -> Path:
+    return Path(SPLIT.format(split=split))
+
+
+def prepared_path(params: dict[str, Any]) -> Path:
+    return Path(PREPARED.format(dataset=params["dataset"]["name"]))

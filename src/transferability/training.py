@@ -1,0 +1,175 @@
+"""One readable training loop for every network: bases, transfer networks and controls.
+
+One SGD schedule for all (momentum, weight decay, step decay at fractions of the budget). Biases
+take twice the learning rate and no weight decay, as in the study's Caffe prototxt. The loop
+evaluates top-1 on the target half's test images ``evals_per_epoch`` times per epoch and reports
+the final value and the study's metric, the mean of the k best evaluations.
+
+Resume is a first-class mode: at each epoch's end a checkpoint holds the model, optimizer, step,
+every RNG state and the curve so far, tagged with a digest of everything that defines the run;
+a restarted job continues from it and ends with the same metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import __version__
+from .atomic import atomic_path
+from .data import HalfData, make_batch
+from .models import AlexNetFamily
+
+BIAS_LR_MULT = 2.0
+
+
+def versions() -> dict[str, str]:
+    return {"transferability": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def lr_at(step: int, total: int, train: dict[str, Any]) -> float:
+    """Step decay: lr times lr_decay for every lr_steps fraction of the budget already passed."""
+    passed = sum(step >= math.ceil(f * total) for f in train["lr_steps"])
+    return train["lr"] * train["lr_decay"] ** passed
+
+
+def make_optimizer(net: AlexNetFamily, train: dict[str, Any]) -> torch.optim.SGD:
+    """SGD over trainable parameters only: frozen layers get no update and no weight decay."""
+    weights = [p for n, p in net.named_parameters() if p.requires_grad and not n.endswith("bias")]
+    biases = [p for n, p in net.named_parameters() if p.requires_grad and n.endswith("bias")]
+    return torch.optim.SGD([{"params": weights, "lr_mult": 1.0, "weight_decay": train["weight_decay"]},
+                            {"params": biases, "lr_mult": BIAS_LR_MULT, "weight_decay": 0.0}],
+                           lr=train["lr"], momentum=train["momentum"])
+
+
+@torch.no_grad()
+def evaluate(net: AlexNetFamily, data: HalfData, crop: int | None, channels_last: bool = False,
+             batch: int = 1000) -> float:
+    """Top-1 accuracy on the half's test images (centre crop, no flips)."""
+    was = net.training
+    net.eval()
+    correct = 0
+    for i in range(0, len(data.x_test), batch):
+        x = make_batch(data.x_test[i : i + batch], data, crop, False, None, channels_last)
+        correct += (net(x).argmax(1) == data.y_test[i : i + batch]).sum().item()
+    net.train(was)
+    return correct / len(data.x_test)
+
+
+def eval_steps(steps_per_epoch: int, evals_per_epoch: int) -> list[int]:
+    """Steps within an epoch (1-based, last = epoch end) after which the net is evaluated."""
+    k = min(evals_per_epoch, steps_per_epoch)
+    return sorted({math.ceil(steps_per_epoch * j / k) for j in range(1, k + 1)})
+
+
+@dataclass
+class State:
+    """Everything a resumed run needs besides the model and optimizer."""
+
+    epoch: int = 0
+    step: int = 0
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+
+def save_checkpoint(path: Path, net: AlexNetFamily, opt: torch.optim.Optimizer, state: State,
+                    gen: torch.Generator, tag: str) -> None:
+    buf = io.BytesIO()
+    torch.save({"tag": tag, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                "state": state.__dict__, "torch_rng": torch.get_rng_state(),
+                "data_rng": gen.get_state()}, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def load_checkpoint(path: Path, net: AlexNetFamily, opt: torch.optim.Optimizer,
+                    gen: torch.Generator, tag: str) -> State | None:
+    """Restore a checkpoint written for this exact run (same tag); ignore any other."""
+    if not path.exists():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt.get("tag") != tag:
+        print(f"ignoring {path}: it belongs to other params or inputs", file=sys.stderr)
+        return None
+    net.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    gen.set_state(ckpt["data_rng"])
+    return State(**ckpt["state"])
+
+
+def k_best(evals: list[dict[str, Any]], k: int) -> float:
+    best = sorted((e["top1"] for e in evals), reverse=True)[:k]
+    return sum(best) / len(best)
+
+
+def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
+          checkpoint: Path, tag: str, label: str) -> dict[str, Any]:
+    """Train ``net`` on ``data`` under params' schedule; return the results and timing."""
+    tr, ev = params["train"], params["evaluate"]
+    channels_last = params["compute"].get("channels_last", False)
+    device = data.x_train.device
+    n_train = len(data.x_train)
+    steps_per_epoch = math.ceil(n_train / tr["batch_size"])
+    total = tr["epochs"] * steps_per_epoch
+    when = eval_steps(steps_per_epoch, ev["evals_per_epoch"])
+
+    torch.manual_seed(seed)  # dropout's stream
+    gen = torch.Generator().manual_seed(seed)  # data order and augmentation
+    opt = make_optimizer(net, tr)
+    state = load_checkpoint(checkpoint, net, opt, gen, tag) or State()
+    resumed_from = state.epoch
+    net.train()
+    bar = tqdm(total=total, initial=state.step, desc=label, unit="step", file=sys.stderr, ascii=True,
+               mininterval=1 if sys.stderr.isatty() else 15, dynamic_ncols=False, ncols=100)
+    t0 = time.perf_counter()
+    while state.epoch < tr["epochs"]:
+        order = torch.randperm(n_train, generator=gen).to(device)
+        loss_sum, loss_n = torch.zeros((), device=device), 0
+        for i in range(steps_per_epoch):
+            lr = lr_at(state.step, total, tr)
+            for g in opt.param_groups:
+                g["lr"] = lr * g["lr_mult"]
+            idx = order[i * tr["batch_size"] : (i + 1) * tr["batch_size"]]
+            x = make_batch(data.x_train[idx], data, tr.get("crop"), tr.get("mirror", False), gen,
+                           channels_last)
+            loss = F.cross_entropy(net(x), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach() * len(idx)
+            loss_n += len(idx)
+            state.step += 1
+            bar.update(1)
+            if i + 1 in when:
+                top1 = evaluate(net, data, tr.get("crop"), channels_last)
+                state.evals.append({"epoch": round(state.epoch + (i + 1) / steps_per_epoch, 4),
+                                    "step": state.step, "lr": lr,
+                                    "train_loss": round(loss_sum.item() / loss_n, 6), "top1": top1})
+                loss_sum, loss_n = torch.zeros((), device=device), 0
+                bar.set_postfix(top1=f"{top1:.4f}", refresh=False)
+        state.epoch += 1
+        state.train_seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        save_checkpoint(checkpoint, net, opt, state, gen, tag)
+    bar.close()
+    wall = state.train_seconds
+    results = {"top1": state.evals[-1]["top1"], "top1_kbest": k_best(state.evals, ev["k_best"]),
+               "k_best": ev["k_best"], "evals": state.evals, "steps": total, "num_train": n_train,
+               "num_test": len(data.x_test)}
+    timing = {"wall_time_s": round(wall, 3), "resumed_from_epoch": resumed_from,
+              "images_per_s": round(n_train * tr["epochs"] / max(wall, 1e-9), 1),
+              "device": str(device), "threads": torch.get_num_threads(), "host": platform.node()}
+    return {"results": results, "timing": timing}

@@ -1,0 +1,52 @@
+"""Transfer surgery: copy layers 1..n from a source base, re-initialise the rest, freeze or not.
+
+A transfer network starts as a fresh network built with its own seed (so layers n+1..8 are
+initialised exactly as a new network's would be); layers 1..n are then overwritten with the
+source base's weights (AnB, BnB) or kept random (RnB, the random-filter control). Frozen layers
+get ``requires_grad=False`` and are left out of the optimizer: no update, no weight decay, and
+autograd never runs backward through them. Dropout in frozen fc6/fc7 still acts, as in Caffe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .models import LAYER_NAMES, AlexNetFamily, build_model
+from .runs import Network
+
+
+def layer_prefix(k: int) -> str:
+    return f"layers.{LAYER_NAMES[k - 1]}."
+
+
+def copy_layers(net: AlexNetFamily, source_state: dict[str, torch.Tensor], n: int) -> None:
+    """Overwrite layers 1..n of ``net`` with the matching tensors of a base's state dict."""
+    own = net.state_dict()
+    prefixes = tuple(layer_prefix(k) for k in range(1, n + 1))
+    copied = {k: v for k, v in source_state.items() if k.startswith(prefixes)}
+    for key, value in copied.items():
+        if own[key].shape != value.shape:
+            raise ValueError(f"cannot copy {key}: base has {tuple(value.shape)}, net has {tuple(own[key].shape)}")
+    own.update(copied)
+    net.load_state_dict(own)
+
+
+def freeze_layers(net: AlexNetFamily, layers: list[int]) -> None:
+    for k in layers:
+        for p in net.layer(k).parameters():
+            p.requires_grad_(False)
+
+
+def make_network(network: Network, model: dict[str, Any], in_channels: int, num_classes: int,
+                 input_size: int, seed: int,
+                 source_state: dict[str, torch.Tensor] | None = None) -> AlexNetFamily:
+    """The network to train for ``network``: fresh, then copied layers, then frozen layers."""
+    net = build_model(model, in_channels, num_classes, input_size, seed)
+    if network.source in ("A", "B"):
+        if source_state is None:
+            raise ValueError(f"{network.name} copies layers from base{network.source}: give its weights")
+        copy_layers(net, source_state, network.n)
+    freeze_layers(net, network.frozen_layers)
+    return net

@@ -1,0 +1,57 @@
+"""Shared fixtures: the real Fashion-MNIST store (Debian's package) and the smoke params."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from transferability import params as tparams
+from transferability.sources import read_source
+from transferability.store import load_store, write_store
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "workflow" / "params" / "smoke.yaml"
+# What a workspace needs to run both DAGs: the project minus data, reports and caches.
+PROJECT_ENTRIES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvcignore", ".gitignore"]
+
+
+@pytest.fixture(scope="session")
+def smoke_params() -> dict:
+    return tparams.load(SMOKE)
+
+
+@pytest.fixture
+def params(smoke_params) -> dict:
+    return copy.deepcopy(smoke_params)
+
+
+@pytest.fixture(scope="session")
+def fmnist_store(tmp_path_factory, smoke_params):
+    dest = tmp_path_factory.mktemp("store") / "fashion_mnist"
+    write_store(dest, *read_source(smoke_params["dataset"]))
+    return load_store(dest)
+
+
+def make_workspace(dest: Path, params_file: Path = SMOKE) -> Path:
+    """A copy of the project in ``dest`` with ``params_file`` as its params.yaml, as a git repo."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_ENTRIES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dest / name)
+    shutil.copy2(params_file, dest / "params.yaml")
+    run = dict(cwd=dest, check=True, capture_output=True)
+    subprocess.run(["git", "init", "-q", "-b", "main"], **run)
+    subprocess.run(["git", "-c", "user.email=t@example.org", "-c", "user.name=test", "add", "-A"], **run)
+    subprocess.run(["git", "-c", "user.email=t@example.org", "-c", "user.name=test", "commit", "-qm",
+                    "workspace"], **run)
+    subprocess.run(["dvc", "init", "-q"], **run)
+    subprocess.run(["git", "-c", "user.email=t@example.org", "-c", "user.name=test", "commit", "-qam",
+                    "dvc init"], **run)
+    return dest

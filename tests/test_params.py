@@ -1,0 +1,66 @@
+"""params.yaml validation: every mistake is one line that names the key and the allowed values."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from transferability import params as tparams
+from transferability.errors import UserError
+
+from .conftest import ROOT
+
+
+def test_shipped_profiles_are_valid():
+    for path in [ROOT / "params.yaml", *sorted((ROOT / "workflow" / "params").glob("*.yaml"))]:
+        tparams.load(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda p: p["train"].update(lr_typo=0.1), "unknown key ['lr_typo'] under 'train'"),
+        (lambda p: p.update(extra={}), "unknown key ['extra'] at the top level"),
+        (lambda p: p["train"].update(epochs="ten"), "'train.epochs': 'ten' is not of type 'integer'"),
+        (lambda p: p["experiment"].update(layers=[1, 8]), "'experiment.layers.1': 8 is greater than"),
+        (lambda p: p["experiment"].update(layers=[0]), "'experiment.layers.0': 0 is less than"),
+        (lambda p: p["experiment"].update(variants=["AnC"]), "'experiment.variants.0' is 'AnC'; allowed values: BnB"),
+        (lambda p: p["model"].update(arch="vgg"), "'model.arch' is 'vgg'; allowed values: small, caffenet"),
+        (lambda p: p["compute"].update(device="tpu"), "'compute.device' is 'tpu'; allowed values: cpu, cuda, auto"),
+        (lambda p: p["experiment"].update(splits=["nope"]), "experiment.splits names 'nope'"),
+        (lambda p: p["splits"]["random0"].pop("seed"), "splits.random0 uses method 'random' and needs a 'seed'"),
+        (lambda p: p["train"].update(lr_steps=[0.8, 0.5]), "train.lr_steps must increase"),
+        (lambda p: p["model"].update(dropout=1.0), "'model.dropout': 1.0 is greater than or equal to"),
+    ],
+)
+def test_bad_params_give_one_clear_line(params, edit, expected):
+    edit(params)
+    with pytest.raises(UserError) as err:
+        tparams.validate(params)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_reports_bad_params_in_one_line_before_any_work(tmp_path, params):
+    params["experiment"]["layers"] = [9]
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, "-m", "transferability.cli", "--params", str(f), "prepare"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {f}: 'experiment.layers.0': 9 is greater than the maximum of 7"]
+    assert not (tmp_path / "data").exists()
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(UserError, match="params file .*nothere.yaml not found"):
+        tparams.load(tmp_path / "nothere.yaml")
+
+
+def test_digest_is_stable_and_order_free():
+    assert tparams.digest({"a": 1, "b": [1, 2]}) == tparams.digest({"b": [1, 2], "a": 1})
+    assert tparams.digest({"a": 1}) != tparams.digest({"a": 2})

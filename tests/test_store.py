@@ -1,0 +1,102 @@
+"""Sources and the prepared store: real files in, checked arrays out, corruption detected."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from transferability.errors import UserError
+from transferability.sources import fashion_mnist, imagefolder
+from transferability.store import load_store, write_store
+
+
+def test_fashion_mnist_store(fmnist_store):
+    m = fmnist_store.manifest
+    assert m["parts"]["train"]["count"] == 60000 and m["parts"]["test"]["count"] == 10000
+    assert m["parts"]["train"]["shape"] == [1, 28, 28]
+    assert m["parts"]["train"]["per_class"] == [6000] * 10
+    assert fmnist_store.images["train"].dtype == np.uint8
+    assert [c["name"] for c in fmnist_store.classes][:2] == ["T-shirt/top", "Trouser"]
+    assert 60 < fmnist_store.mean[0] < 80 and 80 < fmnist_store.std[0] < 100  # known FMNIST stats
+
+
+def test_missing_fashion_mnist_names_the_package(tmp_path):
+    with pytest.raises(UserError, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist(tmp_path)
+
+
+def test_truncated_idx_file_is_refused(tmp_path, smoke_params):
+    src = smoke_params["dataset"]["root"]
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        data = gzip.open(f"{src}/{name}").read()
+        if name == "t10k-images-idx3-ubyte.gz":
+            data = data[:-100]
+        (tmp_path / name).write_bytes(gzip.compress(data))
+    with pytest.raises(UserError, match="t10k-images-idx3-ubyte.gz is truncated"):
+        fashion_mnist(tmp_path)
+
+
+def make_tree(root, classes=("cat", "dog"), per_class=3):
+    rng = np.random.default_rng(0)
+    for part in ("train", "val"):
+        for c in classes:
+            d = root / part / c
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                arr = rng.integers(0, 255, (20 + 7 * i, 30, 3), dtype=np.uint8)
+                im = Image.fromarray(arr)
+                kind = i % 3
+                if kind == 0:
+                    im.save(d / f"{i}.JPEG", format="JPEG")
+                elif kind == 1:
+                    im.convert("CMYK").save(d / f"{i}.JPEG", format="JPEG")  # CMYK JPEG
+                else:
+                    im.convert("L").save(d / f"{i}.JPEG", format="PNG")  # a grayscale PNG named .JPEG
+
+
+def test_imagefolder_reads_varied_files(tmp_path):
+    make_tree(tmp_path / "src")
+    images, labels, classes, _ = imagefolder(tmp_path / "src", 16, 3)
+    assert images["train"].shape == (6, 3, 16, 16) and images["test"].shape == (6, 3, 16, 16)
+    assert labels["train"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert [c["id"] for c in classes] == ["cat", "dog"]
+    write_store(tmp_path / "store", images, labels, classes, {"source": "imagefolder"})
+    store = load_store(tmp_path / "store")
+    assert np.array_equal(store.images["train"], images["train"])
+
+
+def test_imagefolder_errors_name_the_file(tmp_path):
+    make_tree(tmp_path / "src")
+    (tmp_path / "src" / "train" / "dog" / "broken.JPEG").write_bytes(b"")
+    with pytest.raises(UserError, match=r"cannot read image .*broken.JPEG"):
+        imagefolder(tmp_path / "src", 16, 3)
+    (tmp_path / "src" / "train" / "dog" / "broken.JPEG").unlink()
+    (tmp_path / "src" / "train" / "empty").mkdir()
+    with pytest.raises(UserError, match=r"class folder .*empty holds no images"):
+        imagefolder(tmp_path / "src", 16, 3)
+
+
+def test_store_checksum_mismatch_is_refused(tmp_path):
+    make_tree(tmp_path / "src")
+    write_store(tmp_path / "store", *imagefolder(tmp_path / "src", 16, 1))
+    f = tmp_path / "store" / "train_images.npy"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="does not match the checksum"):
+        load_store(tmp_path / "store")
+
+
+def test_store_rewrite_is_atomic_and_leaves_no_temporaries(tmp_path):
+    make_tree(tmp_path / "src")
+    arrays = imagefolder(tmp_path / "src", 16, 1)
+    write_store(tmp_path / "store", *arrays)
+    first = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    write_store(tmp_path / "store", *arrays)
+    assert json.loads((tmp_path / "store" / "manifest.json").read_text()) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "store"]

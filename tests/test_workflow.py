@@ -1,0 +1,147 @@
+"""Both DAGs end to end on the smoke profile: Snakemake and DVC run the same commands on the same
+paths, produce bit-identical metrics, and DVC can record, reproduce and diff the results."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import SMOKE, make_workspace
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+NETWORKS = 37  # 2 bases, 4 variants x 7 n, 7 random-filter controls
+
+
+def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def snakemake_jobs(ws: Path, *extra: str) -> list[dict]:
+    """Jobs of a forced dry run: rule, outputs, resources and the shell command (log redirect cut)."""
+    out = sh(["snakemake", "-n", "-p", "--forceall", "--cores", "all", *extra], ws).stdout
+    jobs = []
+    for block in out.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0]
+        if rule == "all":
+            continue
+        fields = dict(re.findall(r"^    (\w+): (.*)$", block, re.M))
+        cmd = re.search(r"^Shell command: (.*)$", block, re.M)[1]
+        jobs.append({"rule": rule, "outputs": set(fields["output"].split(", ")),
+                     "resources": fields["resources"], "cmd": cmd.split(" > ")[0]})
+    return jobs
+
+
+def dvc_stages(ws: Path) -> list[dict]:
+    from dvc.repo import Repo
+
+    with Repo(str(ws)) as repo:
+        return [{"name": s.addressing, "cmd": s.cmd, "outputs": {str(o.def_path) for o in s.outs}}
+                for s in repo.index.stages]
+
+
+@pytest.fixture(scope="module")
+def snakemake_ws(tmp_path_factory):
+    ws = make_workspace(tmp_path_factory.mktemp("snakemake"))
+    sh(["snakemake", "--cores", "2"], ws)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def dvc_ws(tmp_path_factory):
+    ws = make_workspace(tmp_path_factory.mktemp("dvc"))
+    sh(["dvc", "repro"], ws)
+    return ws
+
+
+def test_snakemake_run_writes_the_report(snakemake_ws):
+    reports = snakemake_ws / "reports"
+    for name in ("index.html", "metrics.json", "figure2.png", "curves.png", "runs.csv", "decomposition.md"):
+        assert (reports / name).stat().st_size > 0, name
+    assert (reports / "figure2.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((reports / "metrics.json").read_text())["random0"]
+    for variant in ("BnB", "BnB-ft", "AnB", "AnB-ft", "RnB"):
+        assert sorted(metrics[variant]) == [f"n{n}" for n in range(1, 8)]
+        assert all(0 <= v["top1_kbest"] <= 1 for v in metrics[variant].values())
+    assert set(metrics["effects_B"]["n3"]) == {"coadaptation_loss", "specificity", "finetune_gain"}
+    n3 = metrics["effects_B"]["n3"]
+    expected = metrics["BnB"]["n3"]["top1_kbest"] - metrics["AnB"]["n3"]["top1_kbest"]
+    assert n3["specificity"] == pytest.approx(expected, abs=2e-6)
+    rows = (reports / "runs.csv").read_text().splitlines()
+    assert len(rows) == 1 + NETWORKS
+    html = (reports / "index.html").read_text()
+    assert 'src="figure2.png"' in html and "A3B+" in html and "co-adaptation" in html
+    assert len(list((reports / "curves").glob("*.csv"))) == NETWORKS
+    bench = list((snakemake_ws / "data" / "benchmarks").rglob("*.tsv"))
+    assert len(bench) == NETWORKS
+
+
+def test_dvc_commit_after_snakemake_records_it(snakemake_ws):
+    sh(["dvc", "commit", "--force"], snakemake_ws)
+    status = sh(["dvc", "status"], snakemake_ws).stdout
+    assert "Data and pipelines are up to date." in status, status
+
+
+def test_the_two_dags_agree(snakemake_ws):
+    jobs = snakemake_jobs(snakemake_ws)
+    stages = dvc_stages(snakemake_ws)
+    assert sorted(j["cmd"] for j in jobs) == sorted(s["cmd"] for s in stages)
+    by_cmd = {s["cmd"]: s for s in stages}
+    for job in jobs:
+        stage_outs = {o for o in by_cmd[job["cmd"]]["outputs"] if not o.startswith("data/checkpoints/")}
+        assert job["outputs"] == stage_outs, job["cmd"]
+    assert len([j for j in jobs if j["rule"].startswith("train")]) == NETWORKS
+
+
+def test_dvc_repro_gives_the_same_metrics_as_snakemake(snakemake_ws, dvc_ws):
+    files = sorted(p.relative_to(dvc_ws) for p in (dvc_ws / "data" / "runs").rglob("metrics.json"))
+    assert len(files) == NETWORKS
+    for f in files:
+        assert (dvc_ws / f).read_bytes() == (snakemake_ws / f).read_bytes(), f
+    assert (dvc_ws / "reports/metrics.json").read_bytes() == (snakemake_ws / "reports/metrics.json").read_bytes()
+
+
+def test_dvc_exp_run_and_metrics_diff(dvc_ws):
+    git = ["git", "-c", "user.email=t@example.org", "-c", "user.name=test"]
+    sh([*git, "add", "dvc.lock", "reports/metrics.json", "data/splits"], dvc_ws, check=False)
+    sh([*git, "add", "-A"], dvc_ws)
+    sh([*git, "commit", "-qm", "smoke results"], dvc_ws)
+    sh(["dvc", "exp", "run", "-S", "train.lr=0.05"], dvc_ws)
+    diff = sh(["dvc", "metrics", "diff", "--md"], dvc_ws).stdout
+    for key in ("random0.baseB.top1_kbest", "random0.AnB-ft.n3.top1_kbest", "random0.BnB.n7.top1_kbest"):
+        assert re.search(rf"\| reports/metrics.json\s*\| {re.escape(key)}\s*\|", diff), (key, diff)
+    show = sh(["dvc", "exp", "show", "--md", "--no-pager"], dvc_ws).stdout
+    assert "train.lr" in show and "0.05" in show
+
+
+def test_gpu_plan_asks_one_gpu_per_training_job(tmp_path):
+    params = yaml.safe_load(SMOKE.read_text())
+    params["compute"]["device"] = "cuda"
+    gpu_params = tmp_path / "gpu.yaml"
+    gpu_params.write_text(yaml.safe_dump(params))
+    ws = make_workspace(tmp_path / "ws", gpu_params)
+    jobs = snakemake_jobs(ws, "--resources", "gpu=4")
+    train = [j for j in jobs if j["rule"].startswith("train")]
+    assert len(train) == NETWORKS
+    assert all("gpu=1" in j["resources"] for j in train)
+    assert all("gpu=" not in j["resources"] for j in jobs if not j["rule"].startswith("train"))
+    dry = sh(["dvc", "repro", "--dry"], ws).stdout
+    assert sorted(re.findall(r"^> (.*)$", dry, re.M)) == sorted(j["cmd"] for j in jobs)
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    proc = sh(["snakemake", "--lint"], ws, check=False)
+    assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr

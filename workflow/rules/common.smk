@@ -1,0 +1,47 @@
+# Shared by every rule: the validated params, the networks they ask for, input functions.
+from snakemake.utils import validate
+
+from transferability import params as tparams
+from transferability import runs
+
+# The params file every job reads: params.yaml, or the last --configfile given.
+PARAMS_FILE = (workflow.overwrite_configfiles or ["params.yaml"])[-1]
+validate(config, schema=str(tparams.SCHEMA_PATH))
+P = tparams.load(PARAMS_FILE)
+if config != P:
+    raise ValueError(
+        f"snakemake --config overrides are not passed to the jobs, which read {PARAMS_FILE}: "
+        "edit that file, or give another whole file with --configfile"
+    )
+
+STORE = str(runs.prepared_path(P))
+USES_GPU = P["compute"]["device"] != "cpu"
+THREADS = P["compute"]["threads"]
+BASE_OUTPUTS = [f"{runs.BASE_DIR}/{name}" for name in runs.RUN_FILES]
+TRANSFER_OUTPUTS = [f"{runs.TRANSFER_DIR}/{name}" for name in runs.RUN_FILES]
+REPORT_OUTPUTS = [f"{runs.REPORT_DIR}/{name}" for name in runs.REPORT_FILES]
+
+wildcard_constraints:
+    split=runs.WILDCARDS["split"],
+    seed=runs.WILDCARDS["seed"],
+    n=runs.WILDCARDS["n"],
+
+
+def params_digest(*sections):
+    """A rule's `params:` value, so Snakemake re-runs a job whose params sections changed."""
+    return tparams.digest({s: P[s] for s in sections})
+
+
+def all_metrics():
+    return [str(net.file("metrics.json")) for net in runs.networks(P)]
+
+
+def all_outputs():
+    return REPORT_OUTPUTS
+
+
+def source_model(wildcards):
+    """A transfer network's input: the model.pt of the base it copies layers from (none for RnB)."""
+    net = runs.Network(wildcards.split, int(wildcards.seed), wildcards.variant, int(wildcards.n))
+    base = net.source_base
+    return [str(base.file("model.pt"))] if base else []

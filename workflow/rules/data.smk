@@ -1,0 +1,33 @@
+rule prepare:
+    output:
+        directory(STORE),
+    log:
+        "data/logs/prepare.log",
+    params:
+        file=PARAMS_FILE,
+        digest=params_digest("dataset"),
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/transferability.yaml"
+    shell:
+        "transferability --params {params.file} prepare > {log} 2>&1"
+
+
+rule split:
+    input:
+        STORE,
+    output:
+        runs.SPLIT,
+    log:
+        "data/logs/split/{split}.log",
+    params:
+        file=PARAMS_FILE,
+        digest=params_digest("splits"),
+    resources:
+        runtime=5,
+    conda:
+        "../envs/transferability.yaml"
+    shell:
+        "transferability --params {params.file} split --split {wildcards.split} > {log} 2>&1"

@@ -1,0 +1,17 @@
+rule report:
+    input:
+        all_metrics(),
+    output:
+        REPORT_OUTPUTS,
+        directory(runs.REPORT_CURVES),
+    log:
+        "data/logs/report.log",
+    params:
+        file=PARAMS_FILE,
+        digest=params_digest("experiment", "report"),
+    resources:
+        runtime=10,
+    conda:
+        "../envs/transferability.yaml"
+    shell:
+        "transferability --params {params.file} report > {log} 2>&1"
