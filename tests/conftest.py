@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from transferability.store import load_store, write_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "workflow" / "params" / "smoke.yaml"
+# The tools (snakemake, dvc, transferability) installed beside the interpreter running the tests.
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 # What a workspace needs to run both DAGs: the project minus data, reports and caches.
 PROJECT_ENTRIES = ["Snakefile", "dvc.yaml", "params.yaml", "workflow", "src", ".dvcignore", ".gitignore"]
 
@@ -46,7 +50,7 @@ def make_workspace(dest: Path, params_file: Path = SMOKE) -> Path:
         else:
             shutil.copy2(src, dest / name)
     shutil.copy2(params_file, dest / "params.yaml")
-    run = dict(cwd=dest, check=True, capture_output=True)
+    run = dict(cwd=dest, check=True, capture_output=True, env=ENV)
     subprocess.run(["git", "init", "-q", "-b", "main"], **run)
     subprocess.run(["git", "-c", "user.email=t@example.org", "-c", "user.name=test", "add", "-A"], **run)
     subprocess.run(["git", "-c", "user.email=t@example.org", "-c", "user.name=test", "commit", "-qm",

@@ -4,20 +4,16 @@ paths, produce bit-identical metrics, and DVC can record, reproduce and diff the
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import SMOKE, make_workspace
+from .conftest import ENV, SMOKE, make_workspace
 
 pytestmark = pytest.mark.slow
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
 NETWORKS = 37  # 2 bases, 4 variants x 7 n, 7 random-filter controls
 
 
@@ -137,7 +133,7 @@ def test_gpu_plan_asks_one_gpu_per_training_job(tmp_path):
     assert len(train) == NETWORKS
     assert all("gpu=1" in j["resources"] for j in train)
     assert all("gpu=" not in j["resources"] for j in jobs if not j["rule"].startswith("train"))
-    dry = sh(["dvc", "repro", "--dry"], ws).stdout
+    dry = sh(["dvc", "repro", "--dry", "--force"], ws).stdout
     assert sorted(re.findall(r"^> (.*)$", dry, re.M)) == sorted(j["cmd"] for j in jobs)
 
 

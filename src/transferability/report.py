@@ -120,7 +120,7 @@ def study_points(split: str, target: str) -> list[dict[str, Any]]:
 def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], overlay: bool,
             path: Path) -> None:
     """Top-1 against n: a point per run, a mean line per variant, the base as a band."""
-    panels = sorted({(r["split"], r["target"]) for r in rows if r["family"] != f"base{_other(r['target'])}"})
+    panels = sorted({(r["split"], r["target"]) for r in rows if not r["family"].startswith("base")})
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.2), squeeze=False)
     for ax, (split, target) in zip(axes[0], panels, strict=True):
         base = [r["top1_kbest"] for r in rows if r["split"] == split and r["family"] == f"base{target}"]
@@ -167,7 +167,7 @@ def _other(half: str) -> str:
 
 def curves_figure(rows: list[dict[str, Any]], path: Path) -> None:
     """Learning curves: test top-1 during training, one panel per variant, a line per n."""
-    keys = sorted({(r["split"], r["family"]) for r in rows})
+    keys = sorted({(r["split"], r["family"]) for r in rows}, key=lambda k: (k[0], not k[1].startswith("base"), k[1]))
     cols = min(4, len(keys))
     nrows = -(-len(keys) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False, sharey=True)
