@@ -99,3 +99,12 @@ def test_store_rewrite_is_atomic_and_leaves_no_temporaries(tmp_path):
     write_store(tmp_path / "store", *arrays)
     assert json.loads((tmp_path / "store" / "manifest.json").read_text()) == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "store"]
+
+
+def test_labels_out_of_range_are_refused(tmp_path):
+    images = {p: np.zeros((2, 1, 4, 4), np.uint8) for p in ("train", "test")}
+    labels = {"train": np.array([0, 1]), "test": np.array([0, 2])}
+    classes = [{"index": i, "id": str(i), "name": str(i)} for i in range(2)]
+    with pytest.raises(UserError, match="test labels fall outside 0..1"):
+        write_store(tmp_path / "store", images, labels, classes, {})
+    assert not (tmp_path / "store").exists()

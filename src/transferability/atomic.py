@@ -1,19 +1,43 @@
 """Atomic writes: a file or folder appears under its final name only once it is complete.
 
 A job killed mid-write leaves at most a hidden temporary beside the target, never a file that
-looks finished, and the previous good output stays in place until the new one replaces it.
+looks finished, and the previous good output stays in place until the new one replaces it. The
+next write of the same target clears such leftovers (every output has exactly one writer).
+
+``TRANSFERABILITY_PAUSE_BEFORE_RENAME_S`` makes every write wait that long between a complete
+temporary and its rename: a fault-injection hook, so tests can kill a job inside that window.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from .errors import UserError
+
+PAUSE_ENV = "TRANSFERABILITY_PAUSE_BEFORE_RENAME_S"
+
+
+def clear_leftovers(target: Path) -> list[Path]:
+    """Remove the temporaries a killed writer of ``target`` left behind; return what was removed."""
+    found = [p for p in target.parent.glob(f".{glob.escape(target.name)}.*")
+             if p.name.endswith(".old") or ".tmp" in p.name[len(target.name) + 2 :]]
+    for p in found:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    return found
+
+
+def _pause() -> None:
+    if seconds := float(os.environ.get(PAUSE_ENV, 0) or 0):
+        time.sleep(seconds)
 
 
 @contextlib.contextmanager
@@ -21,6 +45,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    clear_leftovers(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -28,9 +53,29 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
+        _pause()
         os.replace(tmp_path, target)
+    except OSError as exc:  # name the output, not its temporary
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def ensure_writable(folder: str | Path, need_bytes: int = 0) -> None:
+    """Fail before any expensive work if ``folder`` cannot take ``need_bytes`` of new files."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"cannot write to {folder}: {exc.strerror}; make it writable, or run from a "
+                        "writable copy of the project") from exc
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise UserError(f"{folder} has {free / 2**20:.1f} MiB free but this stage writes about "
+                        f"{need_bytes / 2**20:.1f} MiB; free some space and run it again")
 
 
 def write_text(target: str | Path, text: str) -> None:
@@ -53,10 +98,12 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; swap it in for ``target`` if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    clear_leftovers(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.chmod(0o755)
     try:
         yield tmp
+        _pause()
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old")
@@ -65,5 +112,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         os.replace(tmp, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

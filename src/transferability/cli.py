@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from . import params as params_mod
 from . import runs, stages
 from .errors import UserError
+
+DISK_ERRORS = {
+    errno.ENOSPC: "free some space on that disk and run the stage again",
+    errno.EDQUOT: "free some of your quota and run the stage again",
+    errno.EROFS: "the file system is read-only: run from a writable copy of the project",
+    errno.EACCES: "make the folder writable for this user, or run from a writable copy",
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno not in DISK_ERRORS:
+            raise
+        where = exc.filename or "an output file"
+        print(f"error: cannot write {where}: {exc.strerror}; {DISK_ERRORS[exc.errno]} "
+              "(earlier outputs are untouched: every file is written to a temporary name first)", file=sys.stderr)
+        return 3
     return 0
 
 

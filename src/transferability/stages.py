@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from . import runs
-from .atomic import write_bytes, write_json, write_text
+from .atomic import ensure_writable, write_bytes, write_json, write_text
 from .data import half_data, input_size
 from .devices import resolve_device
 from .errors import UserError
@@ -31,6 +31,7 @@ from .transfer import make_network
 def prepare(params: dict[str, Any]) -> Path:
     dest = runs.prepared_path(params)
     images, labels, classes, source = read_source(params["dataset"])
+    ensure_writable(dest.parent, sum(a.nbytes for a in [*images.values(), *labels.values()]))
     manifest = write_store(dest, images, labels, classes, source)
     counts = {p: manifest["parts"][p]["count"] for p in manifest["parts"]}
     print(f"prepared {dest}: {len(classes)} classes, {counts}", file=sys.stderr)
@@ -99,6 +100,10 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
                        seed_used, source_state).to(device)
     if compute.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
+    # model.pt, and a checkpoint of the model with its momentum buffers, with room to spare
+    need = 4 * sum(p.numel() for p in net.parameters()) * 4 + 2**20
+    for folder in (network.dir, network.checkpoint.parent):
+        ensure_writable(folder, need)
     recorded = {k: params[k] for k in ("dataset", "model", "train", "evaluate")}
     recorded["compute"] = {k: compute.get(k) for k in ("threads", "channels_last")}
     identity = {"network": network.slug, "split": split_name, "seed": seed, "run_seed": seed_used,

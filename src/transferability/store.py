@@ -48,6 +48,16 @@ class Store:
         return self.manifest["train_std"]
 
 
+def save_npy(path: Path, arr: np.ndarray, rows: int = 1024) -> None:
+    """np.save, streamed in chunks through Python's file API so a full disk raises ENOSPC (numpy's
+    own writer reports it without an errno) and arrays larger than memory never get copied whole."""
+    arr = np.ascontiguousarray(arr)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(arr))
+        for i in range(0, len(arr), rows):
+            f.write(arr[i : i + rows].data)
+
+
 def _channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images, in float64 and in chunks (ImageNet-sized safe)."""
     c = images.shape[1]
@@ -94,7 +104,7 @@ def write_store(
                      "per_class": counts, "files": {}}
             for kind, arr in (("images", images[part]), ("labels", labels[part].astype(np.int64))):
                 f = tmp / f"{part}_{kind}.npy"
-                np.save(f, arr)
+                save_npy(f, arr)
                 entry["files"][kind] = {"file": f.name, "sha256": sha256_file(f)}
             manifest["parts"][part] = entry
         (tmp / "classes.json").write_text(json.dumps(classes, indent=2) + "\n")

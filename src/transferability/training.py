@@ -131,6 +131,8 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
     opt = make_optimizer(net, tr)
     state = load_checkpoint(checkpoint, net, opt, gen, tag) or State()
     resumed_from = state.epoch
+    if resumed_from:
+        print(f"{label}: resumed from epoch {resumed_from} of {tr['epochs']} ({checkpoint})", file=sys.stderr)
     net.train()
     bar = tqdm(total=total, initial=state.step, desc=label, unit="step", file=sys.stderr, ascii=True,
                mininterval=1 if sys.stderr.isatty() else 15, dynamic_ncols=False, ncols=100)

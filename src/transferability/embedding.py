@@ -1,0 +1,94 @@
+"""The Full-Network Embedding (Garcia-Gasulla, Vilalta et al.) and off-the-shelf baselines.
+
+FNE: standardise every feature with the mean and std of the *training* images only (a feature
+with zero std becomes 0), discretise to {-1, 0, 1} at two thresholds, and train a linear SVM.
+Baselines (DeCAF, "CNN features off-the-shelf"): one layer (fc6 or fc7), each vector
+L2-normalised, linear SVM. Per-layer probes apply the FNE recipe to one layer's columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Centre and scale by the training set's statistics; zero-std columns become 0 everywhere."""
+    mean = train.mean(axis=0, dtype=np.float64)
+    std = train.std(axis=0, dtype=np.float64)
+    flat = std == 0
+    std[flat] = 1.0
+    out = []
+    for x in (train, *others):
+        z = (x - mean) / std
+        z[:, flat] = 0.0
+        out.append(z)
+    return out
+
+
+def discretise(z: np.ndarray, low: float = -0.25, high: float = 0.15) -> np.ndarray:
+    """-1 below ``low``, 1 above ``high``, 0 between (the FNE paper's thresholds by default)."""
+    out = np.zeros(z.shape, dtype=np.int8)
+    out[z > high] = 1
+    out[z < low] = -1
+    return out
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm == 0, 1.0, norm)
+
+
+def fne(train: np.ndarray, test: np.ndarray, thresholds: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    ztr, zte = standardise(train, test)
+    return discretise(ztr, *thresholds), discretise(zte, *thresholds)
+
+
+def svm_accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, c: float) -> float:
+    """Top-1 of a linear SVM (one-vs-rest, squared hinge, primal: fast when samples > features)."""
+    from sklearn.svm import LinearSVC
+
+    dual = xtr.shape[0] < xtr.shape[1]
+    clf = LinearSVC(C=c, dual=dual, max_iter=5000)
+    clf.fit(xtr.astype(np.float32), ytr)
+    return float((clf.predict(xte.astype(np.float32)) == yte).mean())
+
+
+def columns(index: list[dict[str, Any]], layer: str) -> slice:
+    entry = next((e for e in index if e["layer"] == layer), None)
+    if entry is None:
+        raise KeyError(f"layer {layer} is not in the dump (has {[e['layer'] for e in index]})")
+    return slice(entry["start"], entry["stop"])
+
+
+def evaluate_all(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+                 index: list[dict[str, Any]], embed: dict[str, Any]) -> dict[str, float]:
+    """Accuracy of the full network, each baseline layer and each per-layer probe on one split."""
+    th, c = tuple(embed["thresholds"]), embed["C"]
+    out = {"full_network": svm_accuracy(*_pair(fne(xtr, xte, th), ytr, yte), c)}
+    for layer in embed["baselines"]:
+        cols = columns(index, layer)
+        out[layer] = svm_accuracy(l2_normalise(xtr[:, cols]), ytr, l2_normalise(xte[:, cols]), yte, c)
+    if embed.get("probes", True):
+        for e in index:
+            cols = slice(e["start"], e["stop"])
+            out[f"probe_{e['layer']}"] = svm_accuracy(*_pair(fne(xtr[:, cols], xte[:, cols], th), ytr, yte), c)
+    return out
+
+
+def _pair(xs: tuple[np.ndarray, np.ndarray], ytr: np.ndarray, yte: np.ndarray):
+    return xs[0], ytr, xs[1], yte
+
+
+def small_data_splits(labels: np.ndarray, per_class: int | None, test_per_class: int, repeat: int,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One random split: ``test_per_class`` held out per class, ``per_class`` of the rest to train on."""
+    rng = np.random.RandomState([seed, repeat])
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        test.append(idx[:test_per_class])
+        pool = idx[test_per_class:]
+        train.append(pool if per_class is None else pool[:per_class])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))

@@ -1,0 +1,121 @@
+"""Per-layer activations of a trained network, dumped once so classifiers can reuse them.
+
+Conv layers (1..5) are average-pooled over space, one value per channel; fc6 and fc7 are taken
+after their ReLU (dropout is off in eval mode). The dump is one float matrix (images x features)
+with an index of which columns belong to which layer, so the Full-Network Embedding and any
+single-layer baseline slice the same file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .errors import UserError
+
+DIGITS_SIZE = 28
+
+
+@dataclass
+class Target:
+    """Images to embed: uint8 (N, C, H, W), labels, and which are the fixed training part."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    is_train: np.ndarray  # bool; all True where the embed stage draws its own splits
+    class_names: list[str]
+
+
+def digits(channels: int, size: int = DIGITS_SIZE) -> Target:
+    """scikit-learn's bundled handwritten digits (8x8, 0..16), resized to the network's input."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) * (255.0 / 16.0))[:, None]
+    x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    x = x.round().clamp(0, 255).to(torch.uint8).expand(-1, channels, -1, -1)
+    return Target("digits", x.contiguous().numpy(), d.target.astype(np.int64),
+                  np.ones(len(d.target), dtype=bool), [str(i) for i in range(10)])
+
+
+class LayerTaps:
+    """Forward hooks that collect the study's eight layers' outputs, pooled to vectors."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        self.names = list(modules)
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.hooks = [m.register_forward_hook(self._keep(name)) for name, m in modules.items()]
+
+    def _keep(self, name: str):
+        def hook(module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+            self.outputs[name] = out.float().mean(dim=(2, 3)) if out.dim() == 4 else out.float()
+        return hook
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+def family_taps(net: nn.Module, layers: list[int]) -> dict[str, nn.Module]:
+    """Layer k of our AlexNet family is the whole unit (conv, ReLU, pool, LRN / fc, ReLU, dropout)."""
+    from .models import LAYER_NAMES
+
+    return {LAYER_NAMES[k - 1]: net.layer(k) for k in layers}
+
+
+def torchvision_alexnet_taps(net: nn.Module, layers: list[int]) -> dict[str, nn.Module]:
+    """torchvision's AlexNet: the ReLU after each conv and after fc6, fc7 (fc8 is the classifier)."""
+    from .models import LAYER_NAMES
+
+    relus = [net.features[i] for i in (1, 4, 7, 9, 11)] + [net.classifier[i] for i in (2, 5)]
+    taps = {LAYER_NAMES[k - 1]: relus[k - 1] for k in layers if k <= 7}
+    if 8 in layers:
+        taps["fc8"] = net.classifier[6]
+    return taps
+
+
+def load_torchvision(arch: str, weights: str | Path) -> nn.Module:
+    """A torchvision model from weights already on disk; nothing is downloaded."""
+    import torchvision
+
+    weights = Path(weights)
+    if not weights.exists():
+        raise UserError(f"weights file {weights} not found: download the {arch} weights once (e.g. from "
+                        "torchvision's model zoo) and give their path; nothing is fetched at run time")
+    net = getattr(torchvision.models, arch)(weights=None)
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return net
+
+
+@torch.no_grad()
+def extract(net: nn.Module, taps: dict[str, nn.Module], images: np.ndarray, mean: list[float],
+            std: list[float], batch_size: int, label: str = "features") -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Run ``images`` through ``net`` in eval mode; return (N, D) float32 and the column index."""
+    net.eval()
+    tap = LayerTaps(taps)
+    c = images.shape[1]
+    m = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+    chunks: list[np.ndarray] = []
+    index: list[dict[str, Any]] = []
+    try:
+        for i in tqdm(range(0, len(images), batch_size), desc=label, unit="batch", mininterval=5, ascii=True):
+            x = (torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).float() - m) / s
+            net(x)
+            chunks.append(torch.cat([tap.outputs[n] for n in tap.names], dim=1).numpy())
+            if not index:
+                start = 0
+                for n in tap.names:
+                    width = tap.outputs[n].shape[1]
+                    index.append({"layer": n, "start": start, "stop": start + width})
+                    start += width
+    finally:
+        tap.remove()
+    return np.concatenate(chunks), index

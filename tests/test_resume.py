@@ -1,0 +1,130 @@
+"""Kill and resume, for real: SIGKILL a training job at random points (mid-epoch, and inside a
+checkpoint write), start it again, and get files byte-identical to an uninterrupted run. The same
+through Snakemake (--rerun-incomplete) and through dvc repro."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ENV, SMOKE, make_workspace
+
+pytestmark = pytest.mark.slow
+BASE = "data/runs/random0/seed0/baseB"
+CKPT = Path("data/checkpoints/random0/seed0/baseB.pt")
+TRAIN = ["transferability", "--params", "params.yaml", "train", "--split", "random0", "--seed", "0",
+         "--variant", "baseB"]
+
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory) -> Path:
+    """The smoke profile with enough epochs to be killed in many places."""
+    params = yaml.safe_load(SMOKE.read_text())
+    params["train"].update(epochs=8, images_per_class=150)
+    f = tmp_path_factory.mktemp("params") / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    return f
+
+
+def prepared_workspace(path: Path, params_file: Path) -> Path:
+    ws = make_workspace(path, params_file)
+    for stage in (["prepare"], ["split", "--split", "random0"]):
+        subprocess.run(["transferability", "--params", "params.yaml", *stage], cwd=ws, env=ENV, check=True,
+                       capture_output=True)
+    return ws
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, params_file) -> dict[str, bytes]:
+    """The files of an uninterrupted run."""
+    ws = prepared_workspace(tmp_path_factory.mktemp("uninterrupted"), params_file)
+    subprocess.run(TRAIN, cwd=ws, env=ENV, check=True, capture_output=True)
+    return {f: (ws / BASE / f).read_bytes() for f in ("metrics.json", "curve.csv", "model.pt")}
+
+
+def wait_for_new_checkpoint(ws: Path, proc: subprocess.Popen, timeout: float = 60) -> bool:
+    """Wait until ``proc`` has saved one more epoch; False if it finished first."""
+    ckpt = ws / CKPT
+    before = ckpt.stat().st_mtime_ns if ckpt.exists() else None
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if ckpt.exists() and ckpt.stat().st_mtime_ns != before:
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.005)
+    raise TimeoutError("no checkpoint appeared")
+
+
+def kill_group(proc: subprocess.Popen) -> int:
+    os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+def test_cli_job_killed_at_random_points_resumes_to_identical_files(tmp_path, params_file, reference):
+    ws = prepared_workspace(tmp_path / "ws", params_file)
+    rng = random.Random(2014)
+    kills = 0
+    for _ in range(5):  # mid-epoch: after this process saved an epoch, a random fraction into the next
+        proc = subprocess.Popen(TRAIN, cwd=ws, env=ENV, stderr=subprocess.DEVNULL, start_new_session=True)
+        if wait_for_new_checkpoint(ws, proc):
+            time.sleep(rng.uniform(0.0, 0.4))
+            kills += kill_group(proc) == -signal.SIGKILL
+            assert not (ws / BASE / "metrics.json").exists()
+    # inside a checkpoint write: the temporary is complete, the rename has not happened
+    proc = subprocess.Popen(TRAIN, cwd=ws, env={**ENV, "TRANSFERABILITY_PAUSE_BEFORE_RENAME_S": "30"},
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not list((ws / CKPT).parent.glob(".baseB.pt.*.tmp")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    kills += kill_group(proc) == -signal.SIGKILL
+    assert list((ws / CKPT).parent.glob(".baseB.pt.*.tmp")), "the killed write left its temporary"
+    assert kills == 6
+    subprocess.run(TRAIN, cwd=ws, env=ENV, check=True, capture_output=True)
+    for name, data in reference.items():
+        assert (ws / BASE / name).read_bytes() == data, name
+    assert not list((ws / CKPT).parent.glob(".baseB.pt.*")), "leftover temporaries were not cleared"
+
+
+def test_snakemake_rerun_incomplete_resumes_a_killed_job(tmp_path, params_file, reference):
+    ws = prepared_workspace(tmp_path / "ws", params_file)
+    target = f"{BASE}/metrics.json"
+    subprocess.run(["snakemake", "--cores", "1", "data/splits/random0.json"], cwd=ws, env=ENV, check=True,
+                   capture_output=True)
+    proc = subprocess.Popen(["snakemake", "--cores", "1", target], cwd=ws, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    assert wait_for_new_checkpoint(ws, proc)
+    time.sleep(0.2)
+    assert kill_group(proc) == -signal.SIGKILL
+    # a SIGKILLed Snakemake leaves its directory lock: --unlock, then --rerun-incomplete (its own advice)
+    subprocess.run(["snakemake", "--unlock"], cwd=ws, env=ENV, check=True, capture_output=True)
+    proc = subprocess.run(["snakemake", "--cores", "1", "--rerun-incomplete", target], cwd=ws, env=ENV,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (ws / "data/logs/runs/random0/seed0/baseB.log").read_text()
+    assert "resumed from epoch" in log
+    for name, data in reference.items():
+        assert (ws / BASE / name).read_bytes() == data, name
+
+
+def test_dvc_repro_resumes_a_killed_stage(tmp_path, params_file, reference):
+    ws = make_workspace(tmp_path / "ws", params_file)
+    stage = "train_base@random0-0-baseB"
+    proc = subprocess.Popen(["dvc", "repro", stage], cwd=ws, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    assert wait_for_new_checkpoint(ws, proc, timeout=120)
+    time.sleep(0.2)
+    assert kill_group(proc) == -signal.SIGKILL
+    proc = subprocess.run(["dvc", "repro", stage], cwd=ws, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "resumed from epoch" in proc.stdout + proc.stderr
+    for name, data in reference.items():
+        assert (ws / BASE / name).read_bytes() == data, name

@@ -1,0 +1,46 @@
+"""Network names and paths: the study's notation, and no two jobs sharing an output."""
+
+from __future__ import annotations
+
+import pytest
+
+from transferability.errors import UserError
+from transferability.runs import Network, networks
+
+
+def test_names_follow_the_study():
+    assert Network("random0", 0, "AnB-ft", 3).name == "A3B+"
+    assert Network("random0", 0, "AnB-ft", 3).slug == "A3B-ft"
+    assert Network("random0", 0, "BnA", 5).name == "B5A"
+    assert Network("random0", 0, "baseB").name == "baseB"
+    assert str(Network("random0", 1, "RnB", 7).dir) == "data/runs/random0/seed1/RnB/n7"
+    assert str(Network("random0", 1, "AnB-ft", 2).checkpoint) == "data/checkpoints/random0/seed1/AnB-ft/n2.pt"
+
+
+def test_frozen_layers_and_sources():
+    assert Network("s", 0, "AnB", 3).frozen_layers == [1, 2, 3]
+    assert Network("s", 0, "AnB-ft", 3).frozen_layers == []
+    assert Network("s", 0, "RnB", 2).frozen_layers == [1, 2] and Network("s", 0, "RnB", 2).source_base is None
+    assert Network("s", 0, "BnA-ft", 4).source_base == Network("s", 0, "baseB")
+
+
+@pytest.mark.parametrize(("variant", "n", "message"), [
+    ("AnC", 3, "unknown variant 'AnC'"), ("AnB", 0, "needs n in 1..7"), ("AnB", 8, "needs n in 1..7"),
+    ("AnB", None, "needs n in 1..7"), ("baseB", 2, "takes no n"), ("RnB-ft", 2, "RnX-ft is not a variant"),
+])
+def test_bad_networks_are_refused(variant, n, message):
+    with pytest.raises(UserError, match=message):
+        Network("s", 0, variant, n)
+
+
+def test_no_two_jobs_write_the_same_output(params):
+    exp = params["experiment"]
+    exp.update(splits=["random0", "dissimilar"], seeds=[0, 1, 2],
+               variants=["BnB", "BnB-ft", "AnB", "AnB-ft", "RnB", "AnA", "AnA-ft", "BnA", "BnA-ft", "RnA"])
+    nets = networks(params)
+    assert len(nets) == 2 * 3 * (2 + 10 * 7)
+    for attr in ("dir", "checkpoint"):
+        paths = [getattr(n, attr) for n in nets]
+        assert len(set(paths)) == len(paths)
+    dirs = {n.dir for n in nets}
+    assert not any(d.parent in dirs or d.parent.parent in dirs for d in dirs if d.name.startswith("n"))
