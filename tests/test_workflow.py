@@ -64,7 +64,8 @@ def dvc_ws(tmp_path_factory):
 
 def test_snakemake_run_writes_the_report(snakemake_ws):
     reports = snakemake_ws / "reports"
-    for name in ("index.html", "metrics.json", "figure2.png", "curves.png", "runs.csv", "decomposition.md"):
+    for name in ("index.html", "metrics.json", "figure2.png", "curves.png", "probes.png", "runs.csv",
+                 "decomposition.md", "fne.md"):
         assert (reports / name).stat().st_size > 0, name
     assert (reports / "figure2.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((reports / "metrics.json").read_text())["random0"]
@@ -75,6 +76,12 @@ def test_snakemake_run_writes_the_report(snakemake_ws):
     n3 = metrics["effects_B"]["n3"]
     expected = metrics["BnB"]["n3"]["top1_kbest"] - metrics["AnB"]["n3"]["top1_kbest"]
     assert n3["specificity"] == pytest.approx(expected, abs=2e-6)
+    fne = metrics["fne"]
+    assert sorted(fne) == ["baseA_on_B", "baseA_on_digits"]
+    assert sorted(fne["baseA_on_digits"]) == ["5_per_class", "all"]
+    assert {"full_network", "fc6", "fc7", "probe_conv1"} <= set(fne["baseA_on_B"]["all"])
+    fne_rows = (reports / "fne.md").read_text().splitlines()
+    assert [r.split(" | ")[0] for r in fne_rows[2:]] == ["| fc6", "| fc7", "| full network (FNE)"]
     rows = (reports / "runs.csv").read_text().splitlines()
     assert len(rows) == 1 + NETWORKS
     html = (reports / "index.html").read_text()

@@ -32,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, required=True)
     t.add_argument("--variant", required=True, help="baseA, baseB, or XnY[-ft], e.g. AnB-ft")
     t.add_argument("--n", type=int, default=None, help="layers copied, 1..7 (transfer variants)")
+    for stage, text in (("features", "dump every layer's activations of a trained network on a target"),
+                        ("embed", "Full-Network Embedding, fc6/fc7 baselines and per-layer probes on a dump")):
+        f = sub.add_parser(stage, help=text)
+        f.add_argument("--split", required=True)
+        f.add_argument("--seed", type=int, required=True)
+        f.add_argument("--network", required=True, help="baseA, baseB, A3B-ft, ...")
+        f.add_argument("--target", required=True, choices=["A", "B", "digits"])
     sub.add_parser("report", help="tables, Figure 2, decomposition and HTML under reports/")
     return p
 
@@ -51,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             stages.split(params, args.split)
         elif args.stage == "train":
             stages.train_network(params, args.split, args.seed, args.variant, args.n)
+        elif args.stage in ("features", "embed"):
+            getattr(stages, args.stage)(params, args.split, args.seed, args.network, args.target)
         elif args.stage == "report":
             from .report import build_report
 

@@ -68,6 +68,11 @@ def check(params: dict[str, Any], source: str = "params") -> None:
             raise UserError(f"{source}: splits.{name} uses method 'lists' and needs both 'A' and 'B'")
     if exp["variants"] and not exp["layers"]:
         raise UserError(f"{source}: experiment.layers is empty but variants are asked for; give n in 1..7")
+    th = params.get("embed", {}).get("thresholds")
+    if th and not th[0] < 0 < th[1]:
+        raise UserError(f"{source}: embed.thresholds must be [negative, positive] (the FNE's -0.25, 0.15), got {th}")
+    if params.get("features", {}).get("networks") and "embed" not in params:
+        raise UserError(f"{source}: features.networks is set but the 'embed' section is missing")
     steps = params["train"]["lr_steps"]
     if steps != sorted(steps):
         raise UserError(f"{source}: train.lr_steps must increase, got {steps}")

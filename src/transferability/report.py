@@ -189,6 +189,65 @@ def curves_figure(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def collect_embeddings(params: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for net, target in runs.feature_jobs(params):
+        f = net.embed_file(target)
+        if not f.exists():
+            raise UserError(f"{f} is missing: run `transferability embed` for {net.name} on {target} first")
+        out.append(json.loads(f.read_text()))
+    return out
+
+
+def sizes(embedding: dict[str, Any]) -> list[str]:
+    """Training-size keys, smallest first and 'all' last."""
+    return sorted(embedding["results"], key=lambda k: float("inf") if k == "all" else int(k.split("_")[0]))
+
+
+def fne_table(embeds: list[dict[str, Any]], baselines: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """The FNE paper's table: rows fc6, fc7, full network; a column per target and training size."""
+    cols = [(e, size) for e in embeds for size in sizes(e)]
+    header = ["features"] + [f"{e['network']} -> {e['target']} ({size.replace('_', ' ')})" for e, size in cols]
+    table = []
+    for method, label in [(b, b) for b in baselines] + [("full_network", "full network (FNE)")]:
+        row: list[Any] = [label]
+        for e, size in cols:
+            r = e["results"][size][method]
+            row.append(f"{r['mean']:.4f}" + (f" ± {r['std']:.4f}" if r["runs"] > 1 else ""))
+        table.append(row)
+    return header, table
+
+
+def probes_figure(embeds: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], path: Path) -> None:
+    """Per-layer probe accuracy (largest training size) beside the AnB curve on the same target."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    if not embeds:
+        ax.text(0.5, 0.5, "no feature extraction configured (features.networks is empty)", ha="center")
+        ax.axis("off")
+    for e in embeds:
+        size = sizes(e)[-1]
+        layers = [L["layer"] for L in e["layers"]]
+        acc = [e["results"][size][f"probe_{L}"]["mean"] for L in layers]
+        ax.plot(range(1, len(layers) + 1), acc, marker="o", label=f"probe: {e['network']} layer k -> {e['target']}")
+        src, tgt = e["network"].replace("base", ""), e["target"]
+        family = f"{src}n{tgt}"
+        ns = sorted(k[2] for k in summary if k[0] == e["split"] and k[1] == family)
+        if e["network"].startswith("base") and ns:
+            ax.plot(ns, [summary[(e["split"], family, n)]["top1_kbest"] for n in ns], color="#c0392b", ls="--",
+                    marker="D", label=f"{family}: layers 1..n copied and frozen, retrained on top")
+    if embeds:
+        ax.set_xticks(range(1, 8), [f"{k}" for k in range(1, 8)])
+        ax.set_xlabel("layer k (probe) or n (layers copied)")
+        ax.set_ylabel("top-1")
+        ax.set_title("Generality from features alone: a linear probe per layer")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
 def _fmt(v: Any, digits: int = 4) -> str:
     if v is None:
         return ""
@@ -260,6 +319,12 @@ frozen; + : all layers fine-tuned; SnT (AnB): layers from the other half's base;
 <p>co-adaptation loss = baseB &minus; BnB; specificity = BnB &minus; AnB; fine-tuning gain = AnB+ &minus; baseB
 (top-1 points as fractions; B stands for the target half).</p>
 {decomposition}
+<h2>Off-the-shelf features and the Full-Network Embedding</h2>
+<p>Trained networks used as fixed feature extractors: single layers (L2-normalised) against every layer at once
+(standardised with training statistics, discretised to {{-1, 0, 1}}), each with a linear SVM. Mean ± std over
+random training splits where there are several.</p>
+{fne}
+<img src="probes.png" alt="Linear probe accuracy per layer">
 <h2>Learning curves</h2>
 <img src="curves.png" alt="Test top-1 during training for every network">
 <h2>All runs</h2>
@@ -285,7 +350,15 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
     write_text(out / "decomposition.md", markdown(d_header, d_table))
     v_header, v_table = variant_table(summary)
     write_text(out / "variants.md", markdown(v_header, v_table))
+    embeds = collect_embeddings(params)
+    baselines = params.get("embed", {}).get("baselines", [])
+    f_header, f_table = fne_table(embeds, baselines)
+    write_text(out / "fne.md", markdown(f_header, f_table) if embeds else "No feature extraction configured.\n")
+    probes_figure(embeds, summary, out / "probes.png")
     metrics = metrics_json(summary, decomp, rows, params)
+    for e in embeds:
+        metrics[e["split"]].setdefault("fne", {})[f"{e['slug']}_on_{e['target']}"] = {
+            size: {m: round(v["mean"], 6) for m, v in res.items()} for size, res in e["results"].items()}
     write_json(out / "metrics.json", metrics)
     for r in rows:  # per-run learning curves for `dvc plots`
         buf = io.StringIO()
@@ -305,5 +378,6 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
     write_text(out / "index.html", PAGE.format(
         intro=html.escape(intro), variants=html_table(v_header, v_table),
         decomposition=html_table(d_header, d_table), runs=html_table(COLUMNS, run_table),
+        fne=html_table(f_header, f_table) if embeds else "<p>No feature extraction configured.</p>",
         provenance=html.escape(provenance)))
     print(f"report: {out / 'index.html'} ({len(rows)} runs)")

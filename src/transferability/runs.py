@@ -22,16 +22,21 @@ TRANSFER_DIR = "data/runs/{split}/seed{seed}/{variant}/n{n}"
 # before re-running it (Snakemake, DVC) never deletes the checkpoint the run resumes from.
 CHECKPOINTS = "data/checkpoints"
 RUN_FILES = ("metrics.json", "timing.json", "curve.csv", "model.pt")
+FEATURES_DIR = "data/features/{split}/seed{seed}/{network}/{target}"
+FEATURE_FILES = ("features.npy", "labels.npy", "is_train.npy", "index.json")
+EMBED = "data/embed/{split}/seed{seed}/{network}/{target}.json"
 REPORT_DIR = "reports"
-REPORT_FILES = ("index.html", "figure2.png", "curves.png", "metrics.json", "runs.csv", "runs.md",
-                "variants.md", "decomposition.md")
+REPORT_FILES = ("index.html", "figure2.png", "curves.png", "probes.png", "metrics.json", "runs.csv", "runs.md",
+                "variants.md", "decomposition.md", "fne.md")
 REPORT_CURVES = "reports/curves"  # one CSV per run, for `dvc plots`
 
 BASE_RE = re.compile(r"^base(?P<tgt>[AB])$")
 TRANSFER_RE = re.compile(r"^(?P<src>[ABR])n(?P<tgt>[AB])(?P<ft>-ft)?$")
+SLUG_RE = re.compile(r"^(?P<src>[ABR])(?P<n>[1-7])(?P<tgt>[AB])(?P<ft>-ft)?$")
 # Snakemake wildcard constraints, so a base's folder can never be mistaken for a transfer's.
 WILDCARDS = {"variant_base": r"base[AB]", "variant_transfer": r"[ABR]n[AB](-ft)?", "n": r"[1-7]",
-             "seed": r"\d+", "split": r"[A-Za-z0-9_]+"}
+             "seed": r"\d+", "split": r"[A-Za-z0-9_]+", "network": r"base[AB]|[ABR][1-7][AB](-ft)?",
+    "target": r"[AB]|digits"}
 
 
 @dataclass(frozen=True)
@@ -116,6 +121,22 @@ class Network:
     def file(self, name: str) -> Path:
         return self.dir / name
 
+    @classmethod
+    def from_slug(cls, split: str, seed: int, slug: str) -> Network:
+        """The inverse of ``slug``: 'baseA' or 'A3B-ft' back to a Network."""
+        if BASE_RE.match(slug):
+            return cls(split, seed, slug)
+        m = SLUG_RE.match(slug)
+        if not m:
+            raise UserError(f"unknown network '{slug}'; use baseA, baseB or e.g. A3B, A3B-ft, B5B, R2B")
+        return cls(split, seed, f"{m['src']}n{m['tgt']}{m['ft'] or ''}", int(m["n"]))
+
+    def features_dir(self, target: str) -> Path:
+        return Path(FEATURES_DIR.format(split=self.split, seed=self.seed, network=self.slug, target=target))
+
+    def embed_file(self, target: str) -> Path:
+        return Path(EMBED.format(split=self.split, seed=self.seed, network=self.slug, target=target))
+
 
 def networks(params: dict[str, Any]) -> list[Network]:
     """Every network the experiment section asks for, bases first, in a stable order."""
@@ -126,6 +147,14 @@ def networks(params: dict[str, Any]) -> list[Network]:
             out += [Network(split, seed, "baseA"), Network(split, seed, "baseB")]
             out += [Network(split, seed, v, n) for v in exp["variants"] for n in exp["layers"]]
     return out
+
+
+def feature_jobs(params: dict[str, Any]) -> list[tuple[Network, str]]:
+    """Every (network, target) whose features the params ask to dump and embed."""
+    feats = params.get("features", {})
+    exp = params["experiment"]
+    return [(Network.from_slug(split, seed, slug), target) for split in exp["splits"] for seed in exp["seeds"]
+            for slug in feats.get("networks", []) for target in feats.get("targets", [])]
 
 
 def split_path(split: str) -> Path:

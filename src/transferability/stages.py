@@ -12,18 +12,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from . import runs
-from .atomic import ensure_writable, write_bytes, write_json, write_text
+from .atomic import atomic_dir, ensure_writable, write_bytes, write_json, write_text
 from .data import half_data, input_size
 from .devices import resolve_device
+from .embedding import evaluate_all, small_data_splits
 from .errors import UserError
+from .features import Target, digits, extract, family_taps
+from .models import build_model
 from .params import digest
 from .runs import Network
 from .sources import read_source
 from .splits import check_split, make_split
-from .store import load_store, sha256_file, write_store
+from .store import load_store, save_npy, sha256_file, write_store
 from .training import train, versions
 from .transfer import make_network
 
@@ -127,3 +132,95 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
           f"{r['k_best']}-best {r['top1_kbest']:.4f}, {out['timing']['wall_time_s']:.1f} s, "
           f"{out['timing']['images_per_s']:.0f} img/s", file=sys.stderr)
     return network
+
+
+def half_target(store: Any, split_data: dict[str, Any], half: str, params: dict[str, Any]) -> Target:
+    """A half of the dataset as an embedding target: the training subset the networks use, and the test set."""
+    data = half_data(store, split_data, half, params["train"].get("images_per_class"),
+                     params["evaluate"].get("images_per_class"))
+    images = np.concatenate([data.x_train.numpy(), data.x_test.numpy()])
+    labels = np.concatenate([data.y_train.numpy(), data.y_test.numpy()])
+    is_train = np.arange(len(labels)) < len(data.y_train)
+    return Target(half, images, labels, is_train, data.class_names)
+
+
+def load_trained(params: dict[str, Any], network: Network, store: Any, split_data: dict[str, Any]) -> torch.nn.Module:
+    model_file = network.file("model.pt")
+    if not model_file.exists():
+        raise UserError(f"{model_file} is missing: train {network.name} ({network.split}, seed {network.seed}) first")
+    c, size = store.images["train"].shape[1], store.images["train"].shape[-1]
+    net = build_model(params["model"], c, len(split_data[network.target]["indices"]),
+                      input_size(size, params["train"].get("crop")), seed=0)
+    net.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
+    return net
+
+
+def features(params: dict[str, Any], split_name: str, seed: int, slug: str, target: str) -> Path:
+    """Dump every layer's activations of a trained network on a target (eval mode, CPU)."""
+    network = Network.from_slug(split_name, seed, slug)
+    torch.set_num_threads(params["compute"]["threads"])
+    store = load_store(runs.prepared_path(params))
+    split_data = read_split(split_name)
+    net = load_trained(params, network, store, split_data)
+    crop = params["train"].get("crop")
+    if target == "digits":
+        tgt = digits(store.images["train"].shape[1], input_size(store.images["train"].shape[-1], crop))
+    else:
+        tgt = half_target(store, split_data, target, params)
+    if crop and crop < tgt.images.shape[-1]:  # centre crop, as evaluation does
+        o = (tgt.images.shape[-1] - crop) // 2
+        tgt.images = tgt.images[..., o : o + crop, o : o + crop]
+    feats = params["features"]
+    x, index = extract(net, family_taps(net, list(range(1, 8))), tgt.images, store.mean, store.std,
+                       feats.get("batch_size", 256), f"{network.name} on {target}")
+    dest = network.features_dir(target)
+    with atomic_dir(dest) as tmp:
+        save_npy(tmp / "features.npy", x.astype(feats.get("dtype", "float32")))
+        save_npy(tmp / "labels.npy", tgt.labels)
+        save_npy(tmp / "is_train.npy", tgt.is_train)
+        (tmp / "index.json").write_text(json.dumps(
+            {"network": network.name, "target": target, "layers": index, "classes": tgt.class_names,
+             "source_model_sha256": sha256_file(network.file("model.pt"))}, indent=2) + "\n")
+    print(f"features {network.name} on {target}: {x.shape[0]} images x {x.shape[1]} features -> {dest}",
+          file=sys.stderr)
+    return dest
+
+
+def embed(params: dict[str, Any], split_name: str, seed: int, slug: str, target: str) -> Path:
+    """Full-Network Embedding, single-layer baselines and per-layer probes on one feature dump."""
+    network = Network.from_slug(split_name, seed, slug)
+    src = network.features_dir(target)
+    if not (src / "index.json").exists():
+        raise UserError(f"no feature dump in {src}: run `transferability features` for it first")
+    meta = json.loads((src / "index.json").read_text())
+    x = np.load(src / "features.npy").astype(np.float32)
+    y = np.load(src / "labels.npy")
+    is_train = np.load(src / "is_train.npy")
+    cfg = params["embed"]
+    if target == "digits":
+        sizes = cfg.get("train_sizes", [None])
+        splits = {size: [small_data_splits(y, size, cfg.get("test_per_class", 50), r, seed)
+                         for r in range(cfg.get("repeats", 5))] for size in sizes}
+    else:  # a half: its fixed training subset and test set
+        splits = {None: [(np.flatnonzero(is_train), np.flatnonzero(~is_train))]}
+    results = {}
+    total = sum(len(v) for v in splits.values())
+    with tqdm(total=total, desc=f"embed {network.name} on {target}", unit="split", ascii=True, mininterval=5) as bar:
+        for size, folds in splits.items():
+            accs = []
+            for tr, te in folds:
+                accs.append(evaluate_all(x[tr], y[tr], x[te], y[te], meta["layers"], cfg))
+                bar.update(1)
+            key = "all" if size is None else f"{size}_per_class"
+            results[key] = {m: {"mean": float(np.mean([a[m] for a in accs])),
+                                "std": float(np.std([a[m] for a in accs])), "runs": len(accs),
+                                "train_images": int(len(folds[0][0]))} for m in accs[0]}
+    out = {"network": network.name, "slug": network.slug, "split": split_name, "seed": seed, "target": target,
+           "results": results, "embed": cfg, "layers": meta["layers"],
+           "source_model_sha256": meta["source_model_sha256"], "versions": versions()}
+    dest = network.embed_file(target)
+    write_json(dest, out)
+    full = results["all"] if "all" in results else results[list(results)[-1]]
+    print(f"embed {network.name} on {target}: full network {full['full_network']['mean']:.4f}, "
+          + ", ".join(f"{b} {full[b]['mean']:.4f}" for b in cfg["baselines"]), file=sys.stderr)
+    return dest

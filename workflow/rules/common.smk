@@ -19,21 +19,34 @@ USES_GPU = P["compute"]["device"] != "cpu"
 THREADS = P["compute"]["threads"]
 BASE_OUTPUTS = [f"{runs.BASE_DIR}/{name}" for name in runs.RUN_FILES]
 TRANSFER_OUTPUTS = [f"{runs.TRANSFER_DIR}/{name}" for name in runs.RUN_FILES]
+FEATURE_OUTPUTS = [f"{runs.FEATURES_DIR}/{name}" for name in runs.FEATURE_FILES]
 REPORT_OUTPUTS = [f"{runs.REPORT_DIR}/{name}" for name in runs.REPORT_FILES]
 
 wildcard_constraints:
     split=runs.WILDCARDS["split"],
     seed=runs.WILDCARDS["seed"],
     n=runs.WILDCARDS["n"],
+    network=runs.WILDCARDS["network"],
+    target=runs.WILDCARDS["target"],
 
 
 def params_digest(*sections):
     """A rule's `params:` value, so Snakemake re-runs a job whose params sections changed."""
-    return tparams.digest({s: P[s] for s in sections})
+    return tparams.digest({s: P.get(s) for s in sections})
 
 
 def all_metrics():
     return [str(net.file("metrics.json")) for net in runs.networks(P)]
+
+
+def all_embeddings():
+    return [str(net.embed_file(target)) for net, target in runs.feature_jobs(P)]
+
+
+def trained_model(wildcards):
+    """The features rule's input: the model.pt of the network named by its file name."""
+    net = runs.Network.from_slug(wildcards.split, int(wildcards.seed), wildcards.network)
+    return str(net.file("model.pt"))
 
 
 def all_outputs():

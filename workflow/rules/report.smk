@@ -1,6 +1,7 @@
 rule report:
     input:
         all_metrics(),
+        all_embeddings(),
     output:
         REPORT_OUTPUTS,
         directory(runs.REPORT_CURVES),
@@ -8,7 +9,7 @@ rule report:
         "data/logs/report.log",
     params:
         file=PARAMS_FILE,
-        digest=params_digest("experiment", "report"),
+        digest=params_digest("experiment", "features", "report"),
     resources:
         runtime=10,
     conda:
