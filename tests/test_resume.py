@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -128,3 +129,51 @@ def test_dvc_repro_resumes_a_killed_stage(tmp_path, params_file, reference):
     assert "resumed from epoch" in proc.stdout + proc.stderr
     for name, data in reference.items():
         assert (ws / BASE / name).read_bytes() == data, name
+
+
+def kill_after_shards(ws: Path, args: list[str], shard_glob: str, count: int) -> str:
+    """Run ``args`` with every atomic write slowed down, SIGKILL it once ``count`` shards exist."""
+    proc = subprocess.Popen(args, cwd=ws, env={**ENV, "TRANSFERABILITY_PAUSE_BEFORE_RENAME_S": "0.3"},
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list(ws.glob(shard_glob))) < count:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    assert kill_group(proc) == -signal.SIGKILL
+    done = subprocess.run(args, cwd=ws, env=ENV, capture_output=True, text=True, check=True)
+    return done.stderr
+
+
+def test_killed_prepare_and_features_resume_without_redoing_shards(tmp_path, params_file):
+    from .test_store import make_tree
+
+    make_tree(tmp_path / "images", classes=("a", "b", "c"), per_class=12)
+    params = yaml.safe_load(params_file.read_text())
+    params["dataset"].update(source="imagefolder", root=str(tmp_path / "images"), name="tree", image_size=28,
+                             channels=1, shard_images=4)
+    params["features"].update(shard_images=4, targets=["digits"])
+    params["train"].update(epochs=1)
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    ref, ws = prepared_workspace(tmp_path / "ref", f), make_workspace(tmp_path / "ws", f)
+    prepare = ["transferability", "prepare"]
+    err = kill_after_shards(ws, prepare, "data/prepared/.tree.shards/train/*/shard-*.npy", 3)
+    assert re.search(r"prepare train: resuming, [3-9] of 9 shards already done", err), err
+    for name in ("train_images.npy", "test_images.npy", "train_labels.npy", "manifest.json"):
+        assert (ws / "data/prepared/tree" / name).read_bytes() == (ref / "data/prepared/tree" / name).read_bytes()
+    assert not (ws / "data/prepared/.tree.shards").exists()
+    params["features"]["shard_images"] = 300
+    f.write_text(yaml.safe_dump(params))
+    for w in (ref, ws):
+        (w / "params.yaml").write_text(f.read_text())
+        subprocess.run(["transferability", "split", "--split", "random0"], cwd=w, env=ENV, check=True,
+                       capture_output=True)
+        subprocess.run(TRAIN[:-1] + ["baseA"], cwd=w, env=ENV, check=True, capture_output=True)
+    feats = ["transferability", "features", "--split", "random0", "--seed", "0", "--network", "baseA",
+             "--target", "digits"]
+    subprocess.run(feats, cwd=ref, env=ENV, check=True, capture_output=True)
+    err = kill_after_shards(ws, feats, "data/features/random0/seed0/baseA/.digits.shards/*/shard-*.npy", 2)
+    assert re.search(r"resuming, [2-6] of 6 shards already done", err), err
+    dump = "data/features/random0/seed0/baseA/digits"
+    for name in ("features.npy", "labels.npy", "index.json"):
+        assert (ws / dump / name).read_bytes() == (ref / dump / name).read_bytes(), name

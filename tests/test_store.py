@@ -60,7 +60,7 @@ def make_tree(root, classes=("cat", "dog"), per_class=3):
 
 def test_imagefolder_reads_varied_files(tmp_path):
     make_tree(tmp_path / "src")
-    images, labels, classes, _ = imagefolder(tmp_path / "src", 16, 3)
+    images, labels, classes, _ = imagefolder(tmp_path / "src", 16, 3, tmp_path / "work")
     assert images["train"].shape == (6, 3, 16, 16) and images["test"].shape == (6, 3, 16, 16)
     assert labels["train"].tolist() == [0, 0, 0, 1, 1, 1]
     assert [c["id"] for c in classes] == ["cat", "dog"]
@@ -73,16 +73,16 @@ def test_imagefolder_errors_name_the_file(tmp_path):
     make_tree(tmp_path / "src")
     (tmp_path / "src" / "train" / "dog" / "broken.JPEG").write_bytes(b"")
     with pytest.raises(UserError, match=r"cannot read image .*broken.JPEG"):
-        imagefolder(tmp_path / "src", 16, 3)
+        imagefolder(tmp_path / "src", 16, 3, tmp_path / "work")
     (tmp_path / "src" / "train" / "dog" / "broken.JPEG").unlink()
     (tmp_path / "src" / "train" / "empty").mkdir()
     with pytest.raises(UserError, match=r"class folder .*empty holds no images"):
-        imagefolder(tmp_path / "src", 16, 3)
+        imagefolder(tmp_path / "src", 16, 3, tmp_path / "work")
 
 
 def test_store_checksum_mismatch_is_refused(tmp_path):
     make_tree(tmp_path / "src")
-    write_store(tmp_path / "store", *imagefolder(tmp_path / "src", 16, 1))
+    write_store(tmp_path / "store", *imagefolder(tmp_path / "src", 16, 1, tmp_path / "work"))
     f = tmp_path / "store" / "train_images.npy"
     data = bytearray(f.read_bytes())
     data[-1] ^= 0xFF
@@ -93,12 +93,12 @@ def test_store_checksum_mismatch_is_refused(tmp_path):
 
 def test_store_rewrite_is_atomic_and_leaves_no_temporaries(tmp_path):
     make_tree(tmp_path / "src")
-    arrays = imagefolder(tmp_path / "src", 16, 1)
+    arrays = imagefolder(tmp_path / "src", 16, 1, tmp_path / "work")
     write_store(tmp_path / "store", *arrays)
     first = json.loads((tmp_path / "store" / "manifest.json").read_text())
     write_store(tmp_path / "store", *arrays)
     assert json.loads((tmp_path / "store" / "manifest.json").read_text()) == first
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "store"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "store", "work"]
 
 
 def test_labels_out_of_range_are_refused(tmp_path):

@@ -9,9 +9,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from .errors import UserError
+from .params import digest
+from .shards import sharded_rows
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -75,8 +76,10 @@ def _class_folders(part_dir: Path) -> list[Path]:
     return sorted(p for p in part_dir.iterdir() if p.is_dir())
 
 
-def imagefolder(root: str | Path, size: int, channels: int) -> Arrays:
-    """Read ``root/train/<class>/*`` and ``root/val/<class>/*``; classes are the train folders, sorted."""
+def imagefolder(root: str | Path, size: int, channels: int, work: Path, shard: int = 4096) -> Arrays:
+    """Read ``root/train/<class>/*`` and ``root/val/<class>/*``; classes are the train folders, sorted.
+
+    Images are decoded in shards of ``shard`` kept under ``work``: a killed prepare resumes there."""
     root = Path(root)
     folders = _class_folders(root / "train")
     if not folders:
@@ -93,16 +96,21 @@ def imagefolder(root: str | Path, size: int, channels: int) -> Arrays:
             if not found:
                 raise UserError(f"class folder {folder} holds no images; remove it or add images")
             files += [(f, index[folder.name]) for f in found]
-        x = np.empty((len(files), channels, size, size), dtype=np.uint8)
-        for i, (f, _) in enumerate(tqdm(files, desc=f"prepare {part}", unit="img", mininterval=2)):
-            x[i] = load_image(f, size, channels)
-        images[part] = x
+        def decode(start: int, stop: int, files: list[tuple[Path, int]] = files) -> np.ndarray:
+            x = np.empty((stop - start, channels, size, size), dtype=np.uint8)
+            for i, (f, _) in enumerate(files[start:stop]):
+                x[i] = load_image(f, size, channels)
+            return x
+
+        key = digest([part, size, channels, [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f, _ in files]])
+        images[part] = sharded_rows(work / part, key, len(files), shard, decode, f"prepare {part}")
         labels[part] = np.array([y for _, y in files], dtype=np.int64)
     classes = [{"index": i, "id": c, "name": c} for i, c in enumerate(ids)]
     return images, labels, classes, {"source": "imagefolder", "root": str(root), "image_size": size}
 
 
-def read_source(dataset: dict[str, Any]) -> Arrays:
+def read_source(dataset: dict[str, Any], work: Path) -> Arrays:
     if dataset["source"] == "fashion_mnist":
         return fashion_mnist(dataset["root"])
-    return imagefolder(dataset["root"], dataset["image_size"], dataset.get("channels", 3))
+    return imagefolder(dataset["root"], dataset["image_size"], dataset.get("channels", 3), work,
+                       dataset.get("shard_images", 4096))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from .features import Target, digits, extract, family_taps
 from .models import build_model
 from .params import digest
 from .runs import Network
+from .shards import sharded_rows
 from .sources import read_source
 from .splits import check_split, make_split
 from .store import load_store, save_npy, sha256_file, write_store
@@ -35,9 +37,11 @@ from .transfer import make_network
 
 def prepare(params: dict[str, Any]) -> Path:
     dest = runs.prepared_path(params)
-    images, labels, classes, source = read_source(params["dataset"])
+    work = dest.with_name(f".{dest.name}.shards")
+    images, labels, classes, source = read_source(params["dataset"], work)
     ensure_writable(dest.parent, sum(a.nbytes for a in [*images.values(), *labels.values()]))
     manifest = write_store(dest, images, labels, classes, source)
+    shutil.rmtree(work, ignore_errors=True)
     counts = {p: manifest["parts"][p]["count"] for p in manifest["parts"]}
     print(f"prepared {dest}: {len(classes)} classes, {counts}", file=sys.stderr)
     return dest
@@ -171,16 +175,27 @@ def features(params: dict[str, Any], split_name: str, seed: int, slug: str, targ
         o = (tgt.images.shape[-1] - crop) // 2
         tgt.images = tgt.images[..., o : o + crop, o : o + crop]
     feats = params["features"]
-    x, index = extract(net, family_taps(net, list(range(1, 8))), tgt.images, store.mean, store.std,
-                       feats.get("batch_size", 256), f"{network.name} on {target}")
     dest = network.features_dir(target)
+    index: list[dict[str, Any]] = []
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        x, index[:] = extract(net, family_taps(net, list(range(1, 8))), tgt.images[start:stop], store.mean,
+                              store.std, feats.get("batch_size", 256), f"{network.name} on {target}")
+        return x.astype(feats.get("dtype", "float32"))
+
+    key = digest([sha256_file(network.file("model.pt")), target, feats, params["train"], params["evaluate"]])
+    x = sharded_rows(dest.with_name(f".{dest.name}.shards"), key, len(tgt.images), feats.get("shard_images", 4096),
+                     rows, f"features {network.name} on {target}")
+    if not index:  # every shard came from an earlier, killed run: one image gives the column index
+        rows(0, 1)
     with atomic_dir(dest) as tmp:
-        save_npy(tmp / "features.npy", x.astype(feats.get("dtype", "float32")))
+        save_npy(tmp / "features.npy", x)
         save_npy(tmp / "labels.npy", tgt.labels)
         save_npy(tmp / "is_train.npy", tgt.is_train)
         (tmp / "index.json").write_text(json.dumps(
             {"network": network.name, "target": target, "layers": index, "classes": tgt.class_names,
              "source_model_sha256": sha256_file(network.file("model.pt"))}, indent=2) + "\n")
+    shutil.rmtree(dest.with_name(f".{dest.name}.shards"), ignore_errors=True)
     print(f"features {network.name} on {target}: {x.shape[0]} images x {x.shape[1]} features -> {dest}",
           file=sys.stderr)
     return dest
