@@ -98,3 +98,29 @@ def test_torchvision_alexnet_from_weights_on_disk(tmp_path):
                        [58, 57, 57], 2)
     assert [e["stop"] - e["start"] for e in index] == [64, 192, 384, 256, 256, 4096, 4096]
     assert x.shape == (2, 9344)
+
+
+def test_a_torchvision_model_from_disk_through_the_cli(tmp_path, params, monkeypatch):
+    import json
+
+    import torchvision
+    import yaml
+
+    from transferability import params as tparams
+    from transferability import stages
+
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "alexnet.pth")
+    params["features"].update(networks=["tv-alexnet"], targets=["B"])
+    with pytest.raises(UserError, match="features.torchvision_weights.alexnet does not give its weights file"):
+        tparams.validate(yaml.safe_load(yaml.safe_dump(params)))
+    params["features"]["torchvision_weights"] = {"alexnet": str(tmp_path / "alexnet.pth")}
+    tparams.validate(params)
+    monkeypatch.chdir(tmp_path)
+    stages.prepare(params)
+    stages.split(params, "random0")
+    dump = stages.features(params, "random0", 0, "tv-alexnet", "B")
+    index = json.loads((dump / "index.json").read_text())
+    assert [e["stop"] - e["start"] for e in index["layers"]] == [64, 192, 384, 256, 256, 4096, 4096]
+    assert np.load(dump / "features.npy").shape == (5 * 40 + 5 * 40, 9344)  # smoke: 40 train + 40 test per class
+    result = json.loads(stages.embed(params, "random0", 0, "tv-alexnet", "B").read_text())
+    assert result["network"] == "tv-alexnet" and 0.2 < result["results"]["all"]["full_network"]["mean"] <= 1

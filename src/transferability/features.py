@@ -20,6 +20,10 @@ from tqdm import tqdm
 from .errors import UserError
 
 DIGITS_SIZE = 28
+# torchvision's ImageNet normalisation, in 0..255 units, and its input side
+IMAGENET_MEAN = [123.675, 116.28, 103.53]
+IMAGENET_STD = [58.395, 57.12, 57.375]
+TORCHVISION_SIDE = 224
 
 
 @dataclass
@@ -96,19 +100,26 @@ def load_torchvision(arch: str, weights: str | Path) -> nn.Module:
 
 @torch.no_grad()
 def extract(net: nn.Module, taps: dict[str, nn.Module], images: np.ndarray, mean: list[float],
-            std: list[float], batch_size: int, label: str = "features") -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Run ``images`` through ``net`` in eval mode; return (N, D) float32 and the column index."""
+            std: list[float], batch_size: int, label: str = "features",
+            input_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Run ``images`` through ``net`` in eval mode; return (N, D) float32 and the column index.
+
+    ``input_shape`` (channels, side) adapts images to a network made for other inputs (a torchvision
+    model on 28x28 grayscale): channels are repeated and the side resized, after normalisation."""
     net.eval()
     tap = LayerTaps(taps)
-    c = images.shape[1]
-    m = torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+    c = input_shape[0] if input_shape else images.shape[1]
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     chunks: list[np.ndarray] = []
     index: list[dict[str, Any]] = []
     try:
         for i in tqdm(range(0, len(images), batch_size), desc=label, unit="batch", mininterval=5, ascii=True):
-            x = (torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).float() - m) / s
-            net(x)
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).float()
+            if input_shape:
+                x = nn.functional.interpolate(x.expand(-1, c, -1, -1), size=input_shape[1], mode="bilinear",
+                                              align_corners=False)
+            net((x - m) / s)
             chunks.append(torch.cat([tap.outputs[n] for n in tap.names], dim=1).numpy())
             if not index:
                 start = 0

@@ -73,6 +73,11 @@ def check(params: dict[str, Any], source: str = "params") -> None:
         raise UserError(f"{source}: embed.thresholds must be [negative, positive] (the FNE's -0.25, 0.15), got {th}")
     if params.get("features", {}).get("networks") and "embed" not in params:
         raise UserError(f"{source}: features.networks is set but the 'embed' section is missing")
+    feats = params.get("features", {})
+    for net in feats.get("networks", []):
+        if net.startswith("tv-") and net[3:] not in feats.get("torchvision_weights", {}):
+            raise UserError(f"{source}: features.networks has {net} but features.torchvision_weights.{net[3:]} "
+                            "does not give its weights file (nothing is downloaded)")
     steps = params["train"]["lr_steps"]
     if steps != sorted(steps):
         raise UserError(f"{source}: train.lr_steps must increase, got {steps}")

@@ -191,10 +191,10 @@ def curves_figure(rows: list[dict[str, Any]], path: Path) -> None:
 
 def collect_embeddings(params: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
-    for net, target in runs.feature_jobs(params):
-        f = net.embed_file(target)
+    for job in runs.feature_jobs(params):
+        f = job.embed_file
         if not f.exists():
-            raise UserError(f"{f} is missing: run `transferability embed` for {net.name} on {target} first")
+            raise UserError(f"{f} is missing: run `transferability embed` for {job.name} on {job.target} first")
         out.append(json.loads(f.read_text()))
     return out
 

@@ -32,10 +32,11 @@ REPORT_CURVES = "reports/curves"  # one CSV per run, for `dvc plots`
 
 BASE_RE = re.compile(r"^base(?P<tgt>[AB])$")
 TRANSFER_RE = re.compile(r"^(?P<src>[ABR])n(?P<tgt>[AB])(?P<ft>-ft)?$")
+TORCHVISION_PREFIX = "tv-"  # a torchvision model as feature extractor, e.g. tv-alexnet
 SLUG_RE = re.compile(r"^(?P<src>[ABR])(?P<n>[1-7])(?P<tgt>[AB])(?P<ft>-ft)?$")
 # Snakemake wildcard constraints, so a base's folder can never be mistaken for a transfer's.
 WILDCARDS = {"variant_base": r"base[AB]", "variant_transfer": r"[ABR]n[AB](-ft)?", "n": r"[1-7]",
-             "seed": r"\d+", "split": r"[A-Za-z0-9_]+", "network": r"base[AB]|[ABR][1-7][AB](-ft)?",
+             "seed": r"\d+", "split": r"[A-Za-z0-9_]+", "network": r"base[AB]|[ABR][1-7][AB](-ft)?|tv-alexnet",
     "target": r"[AB]|digits"}
 
 
@@ -131,11 +132,6 @@ class Network:
             raise UserError(f"unknown network '{slug}'; use baseA, baseB or e.g. A3B, A3B-ft, B5B, R2B")
         return cls(split, seed, f"{m['src']}n{m['tgt']}{m['ft'] or ''}", int(m["n"]))
 
-    def features_dir(self, target: str) -> Path:
-        return Path(FEATURES_DIR.format(split=self.split, seed=self.seed, network=self.slug, target=target))
-
-    def embed_file(self, target: str) -> Path:
-        return Path(EMBED.format(split=self.split, seed=self.seed, network=self.slug, target=target))
 
 
 def networks(params: dict[str, Any]) -> list[Network]:
@@ -149,12 +145,43 @@ def networks(params: dict[str, Any]) -> list[Network]:
     return out
 
 
-def feature_jobs(params: dict[str, Any]) -> list[tuple[Network, str]]:
+@dataclass(frozen=True)
+class FeatureJob:
+    """One feature dump and its embedding: a network (ours by file name, or tv-<arch>) on a target."""
+
+    split: str
+    seed: int
+    network: str
+    target: str
+
+    @property
+    def torchvision_arch(self) -> str | None:
+        return self.network[len(TORCHVISION_PREFIX) :] if self.network.startswith(TORCHVISION_PREFIX) else None
+
+    @property
+    def trained(self) -> Network | None:
+        """Our trained network, or None for a torchvision model."""
+        return None if self.torchvision_arch else Network.from_slug(self.split, self.seed, self.network)
+
+    @property
+    def name(self) -> str:
+        return self.trained.name if self.trained else self.network
+
+    @property
+    def dir(self) -> Path:
+        return Path(FEATURES_DIR.format(split=self.split, seed=self.seed, network=self.network, target=self.target))
+
+    @property
+    def embed_file(self) -> Path:
+        return Path(EMBED.format(split=self.split, seed=self.seed, network=self.network, target=self.target))
+
+
+def feature_jobs(params: dict[str, Any]) -> list[FeatureJob]:
     """Every (network, target) whose features the params ask to dump and embed."""
     feats = params.get("features", {})
     exp = params["experiment"]
-    return [(Network.from_slug(split, seed, slug), target) for split in exp["splits"] for seed in exp["seeds"]
-            for slug in feats.get("networks", []) for target in feats.get("targets", [])]
+    return [FeatureJob(split, seed, net, target) for split in exp["splits"] for seed in exp["seeds"]
+            for net in feats.get("networks", []) for target in feats.get("targets", [])]
 
 
 def split_path(split: str) -> Path:

@@ -23,10 +23,20 @@ from .data import half_data, input_size
 from .devices import resolve_device
 from .embedding import evaluate_all, small_data_splits
 from .errors import UserError
-from .features import Target, digits, extract, family_taps
+from .features import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TORCHVISION_SIDE,
+    Target,
+    digits,
+    extract,
+    family_taps,
+    load_torchvision,
+    torchvision_alexnet_taps,
+)
 from .models import build_model
 from .params import digest
-from .runs import Network
+from .runs import FeatureJob, Network
 from .shards import sharded_rows
 from .sources import read_source
 from .splits import check_split, make_split
@@ -159,13 +169,25 @@ def load_trained(params: dict[str, Any], network: Network, store: Any, split_dat
     return net
 
 
-def features(params: dict[str, Any], split_name: str, seed: int, slug: str, target: str) -> Path:
-    """Dump every layer's activations of a trained network on a target (eval mode, CPU)."""
-    network = Network.from_slug(split_name, seed, slug)
+def extractor(params: dict[str, Any], job: FeatureJob, store: Any,
+              split_data: dict[str, Any]) -> tuple[torch.nn.Module, dict, list, list, tuple | None, Path]:
+    """The network, its layer taps, input normalisation and shape, and the weights file it came from."""
+    if arch := job.torchvision_arch:
+        weights = Path(params["features"]["torchvision_weights"][arch])
+        net = load_torchvision(arch, weights)
+        return net, torchvision_alexnet_taps(net, list(range(1, 8))), IMAGENET_MEAN, IMAGENET_STD, \
+            (3, TORCHVISION_SIDE), weights
+    net = load_trained(params, job.trained, store, split_data)
+    return net, family_taps(net, list(range(1, 8))), store.mean, store.std, None, job.trained.file("model.pt")
+
+
+def features(params: dict[str, Any], split_name: str, seed: int, network: str, target: str) -> Path:
+    """Dump every layer's activations of a network on a target (eval mode, CPU), in resumable shards."""
+    job = FeatureJob(split_name, seed, network, target)
     torch.set_num_threads(params["compute"]["threads"])
     store = load_store(runs.prepared_path(params))
     split_data = read_split(split_name)
-    net = load_trained(params, network, store, split_data)
+    net, taps, mean, std, shape, weights = extractor(params, job, store, split_data)
     crop = params["train"].get("crop")
     if target == "digits":
         tgt = digits(store.images["train"].shape[1], input_size(store.images["train"].shape[-1], crop))
@@ -175,17 +197,18 @@ def features(params: dict[str, Any], split_name: str, seed: int, slug: str, targ
         o = (tgt.images.shape[-1] - crop) // 2
         tgt.images = tgt.images[..., o : o + crop, o : o + crop]
     feats = params["features"]
-    dest = network.features_dir(target)
+    dest = job.dir
     index: list[dict[str, Any]] = []
 
     def rows(start: int, stop: int) -> np.ndarray:
-        x, index[:] = extract(net, family_taps(net, list(range(1, 8))), tgt.images[start:stop], store.mean,
-                              store.std, feats.get("batch_size", 256), f"{network.name} on {target}")
+        x, index[:] = extract(net, taps, tgt.images[start:stop], mean, std, feats.get("batch_size", 256),
+                              f"{job.name} on {target}", shape)
         return x.astype(feats.get("dtype", "float32"))
 
-    key = digest([sha256_file(network.file("model.pt")), target, feats, params["train"], params["evaluate"]])
+    weights_sha = sha256_file(weights)
+    key = digest([weights_sha, target, feats, params["train"], params["evaluate"]])
     x = sharded_rows(dest.with_name(f".{dest.name}.shards"), key, len(tgt.images), feats.get("shard_images", 4096),
-                     rows, f"features {network.name} on {target}")
+                     rows, f"features {job.name} on {target}")
     if not index:  # every shard came from an earlier, killed run: one image gives the column index
         rows(0, 1)
     with atomic_dir(dest) as tmp:
@@ -193,18 +216,18 @@ def features(params: dict[str, Any], split_name: str, seed: int, slug: str, targ
         save_npy(tmp / "labels.npy", tgt.labels)
         save_npy(tmp / "is_train.npy", tgt.is_train)
         (tmp / "index.json").write_text(json.dumps(
-            {"network": network.name, "target": target, "layers": index, "classes": tgt.class_names,
-             "source_model_sha256": sha256_file(network.file("model.pt"))}, indent=2) + "\n")
+            {"network": job.name, "target": target, "layers": index, "classes": tgt.class_names,
+             "source_model_sha256": weights_sha}, indent=2) + "\n")
     shutil.rmtree(dest.with_name(f".{dest.name}.shards"), ignore_errors=True)
-    print(f"features {network.name} on {target}: {x.shape[0]} images x {x.shape[1]} features -> {dest}",
+    print(f"features {job.name} on {target}: {x.shape[0]} images x {x.shape[1]} features -> {dest}",
           file=sys.stderr)
     return dest
 
 
-def embed(params: dict[str, Any], split_name: str, seed: int, slug: str, target: str) -> Path:
+def embed(params: dict[str, Any], split_name: str, seed: int, network: str, target: str) -> Path:
     """Full-Network Embedding, single-layer baselines and per-layer probes on one feature dump."""
-    network = Network.from_slug(split_name, seed, slug)
-    src = network.features_dir(target)
+    job = FeatureJob(split_name, seed, network, target)
+    src = job.dir
     if not (src / "index.json").exists():
         raise UserError(f"no feature dump in {src}: run `transferability features` for it first")
     meta = json.loads((src / "index.json").read_text())
@@ -220,7 +243,7 @@ def embed(params: dict[str, Any], split_name: str, seed: int, slug: str, target:
         splits = {None: [(np.flatnonzero(is_train), np.flatnonzero(~is_train))]}
     results = {}
     total = sum(len(v) for v in splits.values())
-    with tqdm(total=total, desc=f"embed {network.name} on {target}", unit="split", ascii=True, mininterval=5) as bar:
+    with tqdm(total=total, desc=f"embed {job.name} on {target}", unit="split", ascii=True, mininterval=5) as bar:
         for size, folds in splits.items():
             accs = []
             for tr, te in folds:
@@ -230,12 +253,12 @@ def embed(params: dict[str, Any], split_name: str, seed: int, slug: str, target:
             results[key] = {m: {"mean": float(np.mean([a[m] for a in accs])),
                                 "std": float(np.std([a[m] for a in accs])), "runs": len(accs),
                                 "train_images": int(len(folds[0][0]))} for m in accs[0]}
-    out = {"network": network.name, "slug": network.slug, "split": split_name, "seed": seed, "target": target,
+    out = {"network": job.name, "slug": job.network, "split": split_name, "seed": seed, "target": target,
            "results": results, "embed": cfg, "layers": meta["layers"],
            "source_model_sha256": meta["source_model_sha256"], "versions": versions()}
-    dest = network.embed_file(target)
+    dest = job.embed_file
     write_json(dest, out)
     full = results["all"] if "all" in results else results[list(results)[-1]]
-    print(f"embed {network.name} on {target}: full network {full['full_network']['mean']:.4f}, "
+    print(f"embed {job.name} on {target}: full network {full['full_network']['mean']:.4f}, "
           + ", ".join(f"{b} {full[b]['mean']:.4f}" for b in cfg["baselines"]), file=sys.stderr)
     return dest

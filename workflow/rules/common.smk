@@ -40,13 +40,15 @@ def all_metrics():
 
 
 def all_embeddings():
-    return [str(net.embed_file(target)) for net, target in runs.feature_jobs(P)]
+    return [str(job.embed_file) for job in runs.feature_jobs(P)]
 
 
 def trained_model(wildcards):
-    """The features rule's input: the model.pt of the network named by its file name."""
-    net = runs.Network.from_slug(wildcards.split, int(wildcards.seed), wildcards.network)
-    return str(net.file("model.pt"))
+    """The features rule's input: our network's model.pt, or a torchvision model's weights file."""
+    job = runs.FeatureJob(wildcards.split, int(wildcards.seed), wildcards.network, wildcards.target)
+    if job.torchvision_arch:
+        return P["features"]["torchvision_weights"][job.torchvision_arch]
+    return str(job.trained.file("model.pt"))
 
 
 def all_outputs():
