@@ -55,6 +55,13 @@ def svm_accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndar
     return float((clf.predict(xte.astype(np.float32)) == yte).mean())
 
 
+def fne_accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+                 thresholds: tuple[float, float], c: float) -> float:
+    """The FNE recipe (training-set statistics, ternary codes) followed by a linear SVM."""
+    ftr, fte = fne(xtr, xte, thresholds)
+    return svm_accuracy(ftr, ytr, fte, yte, c)
+
+
 def columns(index: list[dict[str, Any]], layer: str) -> slice:
     entry = next((e for e in index if e["layer"] == layer), None)
     if entry is None:
@@ -66,19 +73,15 @@ def evaluate_all(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndar
                  index: list[dict[str, Any]], embed: dict[str, Any]) -> dict[str, float]:
     """Accuracy of the full network, each baseline layer and each per-layer probe on one split."""
     th, c = tuple(embed["thresholds"]), embed["C"]
-    out = {"full_network": svm_accuracy(*_pair(fne(xtr, xte, th), ytr, yte), c)}
+    out = {"full_network": fne_accuracy(xtr, ytr, xte, yte, th, c)}
     for layer in embed["baselines"]:
         cols = columns(index, layer)
         out[layer] = svm_accuracy(l2_normalise(xtr[:, cols]), ytr, l2_normalise(xte[:, cols]), yte, c)
     if embed.get("probes", True):
         for e in index:
             cols = slice(e["start"], e["stop"])
-            out[f"probe_{e['layer']}"] = svm_accuracy(*_pair(fne(xtr[:, cols], xte[:, cols], th), ytr, yte), c)
+            out[f"probe_{e['layer']}"] = fne_accuracy(xtr[:, cols], ytr, xte[:, cols], yte, th, c)
     return out
-
-
-def _pair(xs: tuple[np.ndarray, np.ndarray], ytr: np.ndarray, yte: np.ndarray):
-    return xs[0], ytr, xs[1], yte
 
 
 def small_data_splits(labels: np.ndarray, per_class: int | None, test_per_class: int, repeat: int,

@@ -198,19 +198,17 @@ def features(params: dict[str, Any], split_name: str, seed: int, network: str, t
         tgt.images = tgt.images[..., o : o + crop, o : o + crop]
     feats = params["features"]
     dest = job.dir
-    index: list[dict[str, Any]] = []
 
-    def rows(start: int, stop: int) -> np.ndarray:
-        x, index[:] = extract(net, taps, tgt.images[start:stop], mean, std, feats.get("batch_size", 256),
-                              f"{job.name} on {target}", shape)
-        return x.astype(feats.get("dtype", "float32"))
+    def rows(start: int, stop: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        x, index = extract(net, taps, tgt.images[start:stop], mean, std, feats.get("batch_size", 256),
+                           f"{job.name} on {target}", shape)
+        return x.astype(feats.get("dtype", "float32")), index
 
+    _, index = rows(0, 1)  # the column index, whether or not earlier shards exist
     weights_sha = sha256_file(weights)
     key = digest([weights_sha, target, feats, params["train"], params["evaluate"]])
     x = sharded_rows(dest.with_name(f".{dest.name}.shards"), key, len(tgt.images), feats.get("shard_images", 4096),
-                     rows, f"features {job.name} on {target}")
-    if not index:  # every shard came from an earlier, killed run: one image gives the column index
-        rows(0, 1)
+                     lambda start, stop: rows(start, stop)[0], f"features {job.name} on {target}")
     with atomic_dir(dest) as tmp:
         save_npy(tmp / "features.npy", x)
         save_npy(tmp / "labels.npy", tgt.labels)
