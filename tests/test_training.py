@@ -7,6 +7,7 @@ import json
 import pytest
 
 from transferability import stages
+from transferability.data import chunks
 from transferability.training import eval_steps, k_best, lr_at
 
 
@@ -68,9 +69,42 @@ def test_a_checkpoint_of_other_params_is_ignored(tmp_path, monkeypatch, params, 
     assert second["evals"] != first["evals"]
 
 
+def test_a_checkpoint_written_by_other_code_is_ignored(tmp_path, monkeypatch, params, capsys):
+    monkeypatch.chdir(tmp_path)
+    stages.prepare(params)
+    stages.split(params, "random0")
+    stages.train_network(params, "random0", 0, "baseB", None)
+    monkeypatch.setattr(stages, "source_digest", lambda: "other code")
+    stages.train_network(params, "random0", 0, "baseB", None)
+    err = capsys.readouterr().err
+    assert "belongs to other params" in err and "resumed from epoch" not in err
+
+
 def test_transfer_needs_its_base_first(tmp_path, monkeypatch, params):
     monkeypatch.chdir(tmp_path)
     from transferability.errors import UserError
 
     with pytest.raises(UserError, match="A3B copies layers from baseA, but .* is missing: train baseA first"):
         stages.train_network(params, "random0", 0, "AnB", 3)
+
+
+def test_inference_batches_never_end_in_a_tiny_remainder():
+    assert chunks(1000, 250) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
+    assert chunks(1003, 250) == [(0, 250), (250, 500), (500, 750), (750, 1003)]  # 3 join the last
+    assert chunks(1010, 250)[-1] == (1000, 1010)
+    assert chunks(5, 250) == [(0, 5)]
+
+
+def test_the_evaluation_batch_changes_no_number(tmp_path, monkeypatch, params):
+    monkeypatch.chdir(tmp_path)
+    params["evaluate"]["images_per_class"] = 61  # 305 test images: remainders of 5, 55 and 305
+    stages.prepare(params)
+    stages.split(params, "random0")
+    run = tmp_path / "data/runs/random0/seed0/baseB"
+    files = set()
+    for batch in (1000, 250, 100, 50):
+        params["compute"]["eval_batch"] = batch
+        (tmp_path / "data/checkpoints/random0/seed0/baseB.pt").unlink(missing_ok=True)
+        stages.train_network(params, "random0", 0, "baseB", None)
+        files.add((run / "metrics.json").read_bytes())
+    assert len(files) == 1

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import ENV, SMOKE, make_workspace
+from .conftest import ENV, ROOT, SMOKE, make_workspace
 
 pytestmark = pytest.mark.slow
 NETWORKS = 37  # 2 bases, 4 variants x 7 n, 7 random-filter controls
@@ -148,3 +149,14 @@ def test_snakemake_lint_is_clean(tmp_path):
     ws = make_workspace(tmp_path / "ws")
     proc = sh(["snakemake", "--lint"], ws, check=False)
     assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_embedding_benchmark_on_the_workflows_dumps(snakemake_ws, tmp_path):
+    out = tmp_path / "embedding.json"
+    sh([sys.executable, str(ROOT / "benchmarks" / "embedding.py"), "--quick", "--params", str(SMOKE),
+        "--dumps", str(snakemake_ws / "data/features/random0/seed0/baseA"), "--out", str(out)], tmp_path)
+    figures = json.loads(out.read_text())["figures"]["per_feature_set"]
+    assert {"full_network", "fc6", "fc7", "probe_conv1", "probe_fc7"} <= set(figures)
+    for name, f in figures.items():
+        assert f["newton_s"] > 0 and f["liblinear_s"] > 0, name
+        assert abs(f["top1_diff_points"]) <= 2.0, name  # the same optimum: at most a few test images apart

@@ -59,6 +59,19 @@ def half_data(store: Store, split: dict[str, Any], half: str, per_class: int | N
     return HalfData(**out, mean=mean, std=std, class_names=split[half]["names"])
 
 
+# CPU kernels give each image the same bits in any batch of at least this many (tests/test_prefix.py);
+# a batch of one may take another code path.
+LEAST_BATCH = 8
+
+
+def chunks(n: int, size: int) -> list[tuple[int, int]]:
+    """(start, stop) of inference batches of ``size``; a remainder under LEAST_BATCH joins the last one."""
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] < LEAST_BATCH:
+        starts.pop()
+    return [(a, b) for a, b in zip(starts, [*starts[1:], n], strict=True)]
+
+
 def input_size(stored_size: int, crop: int | None) -> int:
     return crop or stored_size
 

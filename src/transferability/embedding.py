@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .svm import LinearSVM
+
 
 def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     """Centre and scale by the training set's statistics; zero-std columns become 0 everywhere."""
@@ -45,21 +47,27 @@ def fne(train: np.ndarray, test: np.ndarray, thresholds: tuple[float, float]) ->
     return discretise(ztr, *thresholds), discretise(zte, *thresholds)
 
 
-def svm_accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, c: float) -> float:
-    """Top-1 of a linear SVM (one-vs-rest, squared hinge, primal: fast when samples > features)."""
+def linear_svm(c: float, solver: str = "newton", n_samples: int = 0, n_features: int = 0) -> Any:
+    """LinearSVC's objective (one-vs-rest squared hinge, L2): our batched Newton solver, or liblinear."""
+    if solver == "newton":
+        return LinearSVM(C=c)
     from sklearn.svm import LinearSVC
 
-    dual = xtr.shape[0] < xtr.shape[1]
-    clf = LinearSVC(C=c, dual=dual, max_iter=5000)
-    clf.fit(xtr.astype(np.float32), ytr)
+    return LinearSVC(C=c, dual=n_samples < n_features, max_iter=5000)  # liblinear's primal when samples > features
+
+
+def svm_accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray, c: float,
+                 solver: str = "newton") -> float:
+    """Top-1 of a linear SVM trained on (xtr, ytr), tested on (xte, yte)."""
+    clf = linear_svm(c, solver, *xtr.shape).fit(xtr.astype(np.float32), ytr)
     return float((clf.predict(xte.astype(np.float32)) == yte).mean())
 
 
 def fne_accuracy(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
-                 thresholds: tuple[float, float], c: float) -> float:
+                 thresholds: tuple[float, float], c: float, solver: str = "newton") -> float:
     """The FNE recipe (training-set statistics, ternary codes) followed by a linear SVM."""
     ftr, fte = fne(xtr, xte, thresholds)
-    return svm_accuracy(ftr, ytr, fte, yte, c)
+    return svm_accuracy(ftr, ytr, fte, yte, c, solver)
 
 
 def columns(index: list[dict[str, Any]], layer: str) -> slice:
@@ -72,15 +80,15 @@ def columns(index: list[dict[str, Any]], layer: str) -> slice:
 def evaluate_all(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
                  index: list[dict[str, Any]], embed: dict[str, Any]) -> dict[str, float]:
     """Accuracy of the full network, each baseline layer and each per-layer probe on one split."""
-    th, c = tuple(embed["thresholds"]), embed["C"]
-    out = {"full_network": fne_accuracy(xtr, ytr, xte, yte, th, c)}
+    th, c, solver = tuple(embed["thresholds"]), embed["C"], embed.get("solver", "newton")
+    out = {"full_network": fne_accuracy(xtr, ytr, xte, yte, th, c, solver)}
     for layer in embed["baselines"]:
         cols = columns(index, layer)
-        out[layer] = svm_accuracy(l2_normalise(xtr[:, cols]), ytr, l2_normalise(xte[:, cols]), yte, c)
+        out[layer] = svm_accuracy(l2_normalise(xtr[:, cols]), ytr, l2_normalise(xte[:, cols]), yte, c, solver)
     if embed.get("probes", True):
         for e in index:
             cols = slice(e["start"], e["stop"])
-            out[f"probe_{e['layer']}"] = fne_accuracy(xtr[:, cols], ytr, xte[:, cols], yte, th, c)
+            out[f"probe_{e['layer']}"] = fne_accuracy(xtr[:, cols], ytr, xte[:, cols], yte, th, c, solver)
     return out
 
 
@@ -95,3 +103,12 @@ def small_data_splits(labels: np.ndarray, per_class: int | None, test_per_class:
         pool = idx[test_per_class:]
         train.append(pool if per_class is None else pool[:per_class])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def target_splits(target: str, labels: np.ndarray, is_train: np.ndarray, embed: dict[str, Any],
+                  seed: int) -> dict[int | None, list[tuple[np.ndarray, np.ndarray]]]:
+    """Train/test index pairs by training size: digits' random small-data splits, or a half's fixed one."""
+    if target != "digits":
+        return {None: [(np.flatnonzero(is_train), np.flatnonzero(~is_train))]}
+    return {size: [small_data_splits(labels, size, embed.get("test_per_class", 50), r, seed)
+                   for r in range(embed.get("repeats", 5))] for size in embed.get("train_sizes", [None])}

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .lrn import LocalResponseNorm
+
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 # (out channels, kernel, stride, padding, groups, pool kernel or 0, lrn after pool)
@@ -37,7 +39,7 @@ class AlexNetFamily(nn.Module):
     """Eight named layers applied in order; ``layer(k)`` is the study's layer k."""
 
     def __init__(self, convs: tuple, fc: int, in_channels: int, num_classes: int, input_size: int,
-                 dropout: float) -> None:
+                 dropout: float, fast_lrn: bool = True) -> None:
         super().__init__()
         layers: dict[str, nn.Module] = {}
         c = in_channels
@@ -47,7 +49,7 @@ class AlexNetFamily(nn.Module):
             if pool:
                 mods.append(nn.MaxPool2d(pool, stride=2))
             if lrn:
-                mods.append(nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0))
+                mods.append((LocalResponseNorm if fast_lrn else nn.LocalResponseNorm)(5, alpha=1e-4, beta=0.75, k=1.0))
             layers[f"conv{k}"] = nn.Sequential(*mods)
             c = out
         with torch.no_grad():
@@ -60,6 +62,7 @@ class AlexNetFamily(nn.Module):
         layers["fc7"] = nn.Sequential(nn.Linear(fc, fc), nn.ReLU(inplace=True), nn.Dropout(dropout))
         layers["fc8"] = nn.Sequential(nn.Linear(fc, num_classes))
         self.layers = nn.ModuleDict(layers)
+        self.frozen: tuple[int, ...] = ()  # layers kept fixed in training (transfer.freeze_layers)
 
     def layer(self, k: int) -> nn.Module:
         return self.layers[LAYER_NAMES[k - 1]]
@@ -92,8 +95,10 @@ def init_layer(net: AlexNetFamily, k: int, scheme: str) -> None:
 
 
 def build_model(model: dict[str, Any], in_channels: int, num_classes: int, input_size: int,
-                seed: int) -> AlexNetFamily:
-    """Build and initialise a network; the same seed gives the same weights."""
+                seed: int, fast_lrn: bool = True) -> AlexNetFamily:
+    """Build and initialise a network; the same seed gives the same weights.
+
+    ``fast_lrn`` swaps torch's LocalResponseNorm for lrn.py's (same numbers, bit for bit)."""
     if model["arch"] == "caffenet":
         convs, fc = CAFFENET_CONVS, CAFFENET_FC
     else:
@@ -101,7 +106,7 @@ def build_model(model: dict[str, Any], in_channels: int, num_classes: int, input
         convs, fc = small_convs(width), max(2, round(256 * width))
     with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
         torch.manual_seed(seed)
-        net = AlexNetFamily(convs, fc, in_channels, num_classes, input_size, model["dropout"])
+        net = AlexNetFamily(convs, fc, in_channels, num_classes, input_size, model["dropout"], fast_lrn)
         for k in range(1, 9):
             init_layer(net, k, model["init"])
     return net

@@ -102,3 +102,9 @@ def load(path: str | Path = "params.yaml") -> dict[str, Any]:
 def digest(obj: Any) -> str:
     """A stable short hash of any JSON-able value: equal configurations give equal digests."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def source_digest() -> str:
+    """A digest of the package's own code: a checkpoint written by other code is never resumed."""
+    package = Path(__file__).parent
+    return digest([[f.name, hashlib.sha256(f.read_bytes()).hexdigest()] for f in sorted(package.glob("*.py"))])

@@ -21,7 +21,7 @@ from . import runs
 from .atomic import atomic_dir, ensure_writable, write_bytes, write_json, write_text
 from .data import half_data, input_size
 from .devices import resolve_device
-from .embedding import evaluate_all, small_data_splits
+from .embedding import evaluate_all, target_splits
 from .errors import UserError
 from .features import (
     IMAGENET_MEAN,
@@ -35,7 +35,7 @@ from .features import (
     torchvision_alexnet_taps,
 )
 from .models import build_model
-from .params import digest
+from .params import digest, source_digest
 from .runs import FeatureJob, Network
 from .shards import sharded_rows
 from .sources import read_source
@@ -98,8 +98,9 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
         raise UserError(f"split '{split_name}' is not defined under 'splits'")
     compute = params["compute"]
     torch.set_num_threads(compute["threads"])
-    torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(compute["device"], compute.get("gpu_lock_dir", "/tmp/transferability-gpu-locks"))
+    if device.type == "cuda":  # CPU kernels are deterministic already; the switch costs 2.4 s of imports
+        torch.use_deterministic_algorithms(True, warn_only=True)
     source_state, source_sha = None, None
     if (base := network.source_base) is not None:
         model_file = base.file("model.pt")
@@ -116,7 +117,8 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
     size = input_size(size, params["train"].get("crop"))
     seed_used = run_seed(network)
     net = make_network(network, params["model"], c, len(split_data[network.target]["indices"]), size,
-                       seed_used, source_state).to(device)
+                       seed_used, source_state, stop_grad=compute.get("frozen_prefix", "cache") != "full",
+                       fast_lrn=compute.get("fast_lrn", True)).to(device)
     if compute.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
     # model.pt, and a checkpoint of the model with its momentum buffers, with room to spare
@@ -129,7 +131,8 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
                 "params": recorded, "split_checksum": split_data["checksum"],
                 "store": {p: store.manifest["parts"][p]["files"] for p in ("train", "test")},
                 "source_model_sha256": source_sha}
-    out = train(net, data.to(device), params, seed_used, network.checkpoint, digest(identity), network.name)
+    tag = digest([identity, source_digest()])
+    out = train(net, data.to(device), params, seed_used, network.checkpoint, tag, network.name)
     buf = io.BytesIO()
     torch.save(net.state_dict(), buf)
     write_bytes(network.file("model.pt"), buf.getvalue())
@@ -164,7 +167,8 @@ def load_trained(params: dict[str, Any], network: Network, store: Any, split_dat
         raise UserError(f"{model_file} is missing: train {network.name} ({network.split}, seed {network.seed}) first")
     c, size = store.images["train"].shape[1], store.images["train"].shape[-1]
     net = build_model(params["model"], c, len(split_data[network.target]["indices"]),
-                      input_size(size, params["train"].get("crop")), seed=0)
+                      input_size(size, params["train"].get("crop")), seed=0,
+                      fast_lrn=params["compute"].get("fast_lrn", True))
     net.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
     return net
 
@@ -233,12 +237,7 @@ def embed(params: dict[str, Any], split_name: str, seed: int, network: str, targ
     y = np.load(src / "labels.npy")
     is_train = np.load(src / "is_train.npy")
     cfg = params["embed"]
-    if target == "digits":
-        sizes = cfg.get("train_sizes", [None])
-        splits = {size: [small_data_splits(y, size, cfg.get("test_per_class", 50), r, seed)
-                         for r in range(cfg.get("repeats", 5))] for size in sizes}
-    else:  # a half: its fixed training subset and test set
-        splits = {None: [(np.flatnonzero(is_train), np.flatnonzero(~is_train))]}
+    splits = target_splits(target, y, is_train, cfg, seed)
     results = {}
     total = sum(len(v) for v in splits.values())
     with tqdm(total=total, desc=f"embed {job.name} on {target}", unit="split", ascii=True, mininterval=5) as bar:

@@ -28,8 +28,10 @@ from tqdm import tqdm
 
 from . import __version__
 from .atomic import atomic_path
-from .data import HalfData, make_batch
-from .models import AlexNetFamily
+from .data import HalfData, chunks, make_batch
+from .models import LAYER_NAMES, AlexNetFamily
+from .prefix import PrefixCache, build_cache, cacheable
+from .sgd import SGD
 
 BIAS_LR_MULT = 2.0
 
@@ -45,25 +47,32 @@ def lr_at(step: int, total: int, train: dict[str, Any]) -> float:
     return train["lr"] * train["lr_decay"] ** passed
 
 
-def make_optimizer(net: AlexNetFamily, train: dict[str, Any]) -> torch.optim.SGD:
+def make_optimizer(net: AlexNetFamily, train: dict[str, Any]) -> SGD:
     """SGD over trainable parameters only: frozen layers get no update and no weight decay."""
-    weights = [p for n, p in net.named_parameters() if p.requires_grad and not n.endswith("bias")]
-    biases = [p for n, p in net.named_parameters() if p.requires_grad and n.endswith("bias")]
-    return torch.optim.SGD([{"params": weights, "lr_mult": 1.0, "weight_decay": train["weight_decay"]},
-                            {"params": biases, "lr_mult": BIAS_LR_MULT, "weight_decay": 0.0}],
-                           lr=train["lr"], momentum=train["momentum"])
+    frozen = tuple(f"layers.{LAYER_NAMES[k - 1]}." for k in net.frozen)
+    params = [(n, p) for n, p in net.named_parameters() if not n.startswith(frozen)]
+    weights = [p for n, p in params if not n.endswith("bias")]
+    biases = [p for n, p in params if n.endswith("bias")]
+    return SGD([{"params": weights, "lr_mult": 1.0, "weight_decay": train["weight_decay"]},
+                {"params": biases, "lr_mult": BIAS_LR_MULT, "weight_decay": 0.0}],
+               lr=train["lr"], momentum=train["momentum"])
 
 
 @torch.no_grad()
 def evaluate(net: AlexNetFamily, data: HalfData, crop: int | None, channels_last: bool = False,
-             batch: int = 1000) -> float:
-    """Top-1 accuracy on the half's test images (centre crop, no flips)."""
+             cache: PrefixCache | None = None, batch: int = 250) -> float:
+    """Top-1 accuracy on the half's test images (centre crop, no flips).
+
+    The batch size changes speed only (activations that stay in cache), never a prediction."""
     was = net.training
     net.eval()
     correct = 0
-    for i in range(0, len(data.x_test), batch):
-        x = make_batch(data.x_test[i : i + batch], data, crop, False, None, channels_last)
-        correct += (net(x).argmax(1) == data.y_test[i : i + batch]).sum().item()
+    for a, b in chunks(len(data.x_test), batch):
+        if cache is None:
+            out = net(make_batch(data.x_test[a:b], data, crop, False, None, channels_last))
+        else:
+            out = cache.rest(cache.test[a:b])
+        correct += (out.argmax(1) == data.y_test[a:b]).sum().item()
     net.train(was)
     return correct / len(data.x_test)
 
@@ -81,10 +90,12 @@ class State:
     epoch: int = 0
     step: int = 0
     evals: list[dict[str, Any]] = field(default_factory=list)
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # everything: steps, evaluations, checkpoints, the prefix cache
+    eval_seconds: float = 0.0
+    cache_seconds: float = 0.0
 
 
-def save_checkpoint(path: Path, net: AlexNetFamily, opt: torch.optim.Optimizer, state: State,
+def save_checkpoint(path: Path, net: AlexNetFamily, opt: SGD, state: State,
                     gen: torch.Generator, tag: str) -> None:
     buf = io.BytesIO()
     torch.save({"tag": tag, "model": net.state_dict(), "optimizer": opt.state_dict(),
@@ -94,14 +105,14 @@ def save_checkpoint(path: Path, net: AlexNetFamily, opt: torch.optim.Optimizer, 
         tmp.write_bytes(buf.getvalue())
 
 
-def load_checkpoint(path: Path, net: AlexNetFamily, opt: torch.optim.Optimizer,
+def load_checkpoint(path: Path, net: AlexNetFamily, opt: SGD,
                     gen: torch.Generator, tag: str) -> State | None:
     """Restore a checkpoint written for this exact run (same tag); ignore any other."""
     if not path.exists():
         return None
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if ckpt.get("tag") != tag:
-        print(f"ignoring {path}: it belongs to other params or inputs", file=sys.stderr)
+        print(f"ignoring {path}: it belongs to other params, inputs or code", file=sys.stderr)
         return None
     net.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
@@ -120,6 +131,7 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
     """Train ``net`` on ``data`` under params' schedule; return the results and timing."""
     tr, ev = params["train"], params["evaluate"]
     channels_last = params["compute"].get("channels_last", False)
+    eval_batch = params["compute"].get("eval_batch", 250)
     device = data.x_train.device
     n_train = len(data.x_train)
     steps_per_epoch = math.ceil(n_train / tr["batch_size"])
@@ -133,6 +145,16 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
     resumed_from = state.epoch
     if resumed_from:
         print(f"{label}: resumed from epoch {resumed_from} of {tr['epochs']} ({checkpoint})", file=sys.stderr)
+    cache = None
+    mode = params["compute"].get("frozen_prefix", "cache")
+    if mode == "cache" and state.epoch < tr["epochs"] and cacheable(net, data, tr, params["compute"]):
+        t = time.perf_counter()
+        cache = build_cache(net, data, tr.get("mirror", False), channels_last, eval_batch)
+        built = time.perf_counter() - t
+        state.cache_seconds += built
+        state.train_seconds += built
+        print(f"{label}: frozen layers 1..{max(net.frozen)} run once: {cache.nbytes / 2**20:.0f} MiB cached "
+              f"in {built:.1f} s", file=sys.stderr)
     net.train()
     bar = tqdm(total=total, initial=state.step, desc=label, unit="step", file=sys.stderr, ascii=True,
                mininterval=1 if sys.stderr.isatty() else 15, dynamic_ncols=False, ncols=100)
@@ -145,10 +167,13 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_mult"]
             idx = order[i * tr["batch_size"] : (i + 1) * tr["batch_size"]]
-            x = make_batch(data.x_train[idx], data, tr.get("crop"), tr.get("mirror", False), gen,
-                           channels_last)
-            loss = F.cross_entropy(net(x), data.y_train[idx])
-            opt.zero_grad(set_to_none=True)
+            if cache is None:
+                out = net(make_batch(data.x_train[idx], data, tr.get("crop"), tr.get("mirror", False), gen,
+                                     channels_last))
+            else:
+                out = cache.rest(cache.batch(idx, data, tr.get("mirror", False), gen))
+            loss = F.cross_entropy(out, data.y_train[idx])
+            net.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.detach() * len(idx)
@@ -156,7 +181,9 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
             state.step += 1
             bar.update(1)
             if i + 1 in when:
-                top1 = evaluate(net, data, tr.get("crop"), channels_last)
+                t_eval = time.perf_counter()
+                top1 = evaluate(net, data, tr.get("crop"), channels_last, cache, eval_batch)
+                state.eval_seconds += time.perf_counter() - t_eval
                 state.evals.append({"epoch": round(state.epoch + (i + 1) / steps_per_epoch, 4),
                                     "step": state.step, "lr": lr,
                                     "train_loss": round(loss_sum.item() / loss_n, 6), "top1": top1})
@@ -171,7 +198,12 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
     results = {"top1": state.evals[-1]["top1"], "top1_kbest": k_best(state.evals, ev["k_best"]),
                "k_best": ev["k_best"], "evals": state.evals, "steps": total, "num_train": n_train,
                "num_test": len(data.x_test)}
+    steps_s = wall - state.eval_seconds - state.cache_seconds
     timing = {"wall_time_s": round(wall, 3), "resumed_from_epoch": resumed_from,
               "images_per_s": round(n_train * tr["epochs"] / max(wall, 1e-9), 1),
-              "device": str(device), "threads": torch.get_num_threads(), "host": platform.node()}
+              "train_images_per_s": round(n_train * tr["epochs"] / max(steps_s, 1e-9), 1),
+              "eval_s": round(state.eval_seconds, 3),
+              "device": str(device), "threads": torch.get_num_threads(), "host": platform.node(),
+              "frozen_prefix": "cache" if cache else "full" if mode == "full" else "no_grad",
+              "prefix_cache_s": round(state.cache_seconds, 3)}
     return {"results": results, "timing": timing}

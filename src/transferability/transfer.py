@@ -3,8 +3,10 @@
 A transfer network starts as a fresh network built with its own seed (so layers n+1..8 are
 initialised exactly as a new network's would be); layers 1..n are then overwritten with the
 source base's weights (AnB, BnB) or kept random (RnB, the random-filter control). Frozen layers
-get ``requires_grad=False`` and are left out of the optimizer: no update, no weight decay, and
-autograd never runs backward through them. Dropout in frozen fc6/fc7 still acts, as in Caffe.
+are listed in ``net.frozen`` and left out of the optimizer: no update, no weight decay. With
+``stop_grad`` (every mode but the ``full`` reference, see prefix.py) they also get
+``requires_grad=False``, so autograd never runs backward through them. Dropout in frozen fc6/fc7
+still acts, as in Caffe.
 """
 
 from __future__ import annotations
@@ -33,20 +35,22 @@ def copy_layers(net: AlexNetFamily, source_state: dict[str, torch.Tensor], n: in
     net.load_state_dict(own)
 
 
-def freeze_layers(net: AlexNetFamily, layers: list[int]) -> None:
+def freeze_layers(net: AlexNetFamily, layers: list[int], stop_grad: bool = True) -> None:
+    net.frozen = tuple(layers)
     for k in layers:
         for p in net.layer(k).parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(not stop_grad)
 
 
 def make_network(network: Network, model: dict[str, Any], in_channels: int, num_classes: int,
                  input_size: int, seed: int,
-                 source_state: dict[str, torch.Tensor] | None = None) -> AlexNetFamily:
+                 source_state: dict[str, torch.Tensor] | None = None, stop_grad: bool = True,
+                 fast_lrn: bool = True) -> AlexNetFamily:
     """The network to train for ``network``: fresh, then copied layers, then frozen layers."""
-    net = build_model(model, in_channels, num_classes, input_size, seed)
+    net = build_model(model, in_channels, num_classes, input_size, seed, fast_lrn)
     if network.source in ("A", "B"):
         if source_state is None:
             raise ValueError(f"{network.name} copies layers from base{network.source}: give its weights")
         copy_layers(net, source_state, network.n)
-    freeze_layers(net, network.frozen_layers)
+    freeze_layers(net, network.frozen_layers, stop_grad)
     return net

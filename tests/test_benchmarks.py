@@ -1,0 +1,77 @@
+"""Every benchmark script runs (in --quick mode) and writes its result file; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ENV, ROOT, SMOKE
+
+BENCH = ROOT / "benchmarks"
+
+
+def run_bench(name: str, tmp_path, *extra: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    proc = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), "--quick", "--params", str(SMOKE),
+                           "--out", str(out), *extra], env=ENV, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == name and result["quick"] and result["versions"]["torch"]
+    assert result["machine"]["cores"] >= 1
+    return result["figures"]
+
+
+def test_loop_benchmark(tmp_path):
+    f = run_bench("loop", tmp_path)
+    assert f["ours_images_per_s"] > 0 and f["bare_images_per_s"] > 0
+    assert f["efficiency"] == pytest.approx(f["ours_images_per_s"] / f["bare_images_per_s"])
+
+
+def test_frozen_prefix_benchmark(tmp_path):
+    f = run_bench("frozen_prefix", tmp_path)
+    assert sorted(f["AnB"]) == [str(n) for n in range(1, 8)]
+    for n, modes in f["AnB"].items():
+        assert sorted(modes) == ["cache", "no_grad"] and modes["cache"]["cache_s"] > 0, n
+        assert modes["no_grad"]["cache_s"] == 0
+
+
+def test_compute_benchmark(tmp_path):
+    f = run_bench("compute", tmp_path, "--skip-compile")
+    assert all(v > 0 for v in f["matmul_gflops"].values())
+    assert f["train_step"]["caffenet, batch 32"]["flops_per_image"] > 4e9  # about 4.35 GFLOP a training image
+    assert len(f["settings"]) == 5
+
+
+def test_prepare_benchmark(tmp_path):
+    f = run_bench("prepare", tmp_path, "--size", "64")
+    assert f["images"] == 4 * (10 + 2) and all(v > 0 for v in f["images_per_s_per_core"].values())
+
+
+def test_fanout_parses_snakemakes_log():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from fanout import rule_times
+    finally:
+        sys.path.remove(str(BENCH))
+    log = """[Sun Nov 22 01:18:17 2026]
+localrule train_transfer:
+    jobid: 35
+[Sun Nov 22 01:18:17 2026]
+localrule train_base:
+    jobid: 2
+[Sun Nov 22 01:18:21 2026]
+Finished jobid: 35 (Rule: train_transfer)
+[Sun Nov 22 01:18:50 2026]
+Finished jobid: 2 (Rule: train_base)
+[Sun Nov 22 01:18:51 2026]
+rule report:
+    jobid: 0
+[Sun Nov 22 01:18:59 2026]
+Finished jobid: 0 (Rule: report)
+"""
+    assert rule_times(log) == {"train_transfer": {"jobs": 1, "busy_s": 4.0, "span_s": 4.0},
+                               "train_base": {"jobs": 1, "busy_s": 33.0, "span_s": 33.0},
+                               "report": {"jobs": 1, "busy_s": 8.0, "span_s": 8.0}}

@@ -1,0 +1,44 @@
+"""lrn.py's LocalResponseNorm gives torch's numbers bit for bit, forward and backward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from transferability import stages
+from transferability.lrn import LocalResponseNorm
+
+
+@pytest.mark.parametrize("shape", [(64, 24, 14, 14), (32, 48, 7, 7), (3, 5, 2, 3), (2, 1, 4, 4)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("size, alpha, beta, k", [(5, 1e-4, 0.75, 1.0), (4, 1e-2, 0.5, 2.0), (3, 0.5, 0.9, 0.3)])
+def test_outputs_and_gradients_are_torchs_bit_for_bit(shape, layout, size, alpha, beta, k):
+    gen = torch.Generator().manual_seed(sum(shape) + size)
+    x = (torch.randn(shape, generator=gen) * 20).contiguous(memory_format=layout)
+    grad = torch.randn(shape, generator=gen).contiguous(memory_format=layout)
+    outs = []
+    for module in (torch.nn.LocalResponseNorm(size, alpha, beta, k), LocalResponseNorm(size, alpha, beta, k)):
+        xi = x.clone().requires_grad_()
+        y = module(xi)
+        y.backward(grad)
+        outs.append((y, xi.grad))
+    (y_ref, g_ref), (y, g) = outs
+    assert torch.equal(y, y_ref) and torch.equal(g, g_ref)
+    assert y.is_contiguous(memory_format=layout) and g.is_contiguous(memory_format=layout)
+
+
+def test_a_trained_network_is_the_same_with_either_implementation(tmp_path, monkeypatch, params):
+    monkeypatch.chdir(tmp_path)
+    stages.prepare(params)
+    stages.split(params, "random0")
+    run = tmp_path / "data/runs/random0/seed0/baseB"
+    files = {}
+    for fast in (False, True):
+        params["compute"]["fast_lrn"] = fast
+        (tmp_path / "data/checkpoints/random0/seed0/baseB.pt").unlink(missing_ok=True)
+        stages.train_network(params, "random0", 0, "baseB", None)
+        files[fast] = (run / "metrics.json").read_bytes(), (run / "model.pt").read_bytes()
+    assert files[False] == files[True]
+    assert len(json.loads(files[True][0])["evals"]) == params["train"]["epochs"]
