@@ -4,14 +4,19 @@ Measures, in one run: float32 matmul GFLOP/s (the machine's practical ceiling, 1
 a training step's achieved GFLOP/s (3 x forward FLOPs per image: forward, input and weight
 gradients) for the default small net and for caffenet; and the default step's images/s under each
 execution setting the params expose or the issue asked about: memory layout, LRN implementation,
-threads per process, two 1-thread processes at once, torch.compile (with its compile time).
+threads per process, two 1-thread processes at once, glibc's allocator thresholds (allocator.py),
+torch.compile (with its compile time).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,6 +71,26 @@ def _worker(args: tuple) -> float:
     return step_rate(*args)["images_per_s"]
 
 
+FRESH = """
+import json, sys
+from transferability.allocator import keep_freed_memory
+if sys.argv[1] == "tuned":
+    keep_freed_memory()
+sys.path.insert(0, sys.argv[2])
+from compute import step_rate
+print(json.dumps(step_rate(json.loads(sys.argv[3]), 28, 5, int(sys.argv[4]), int(sys.argv[5]))))
+"""
+
+
+def fresh_process_rate(tuned: bool, model: dict[str, Any], batch: int, steps: int) -> dict[str, float]:
+    """step_rate in a new interpreter, with or without keep_freed_memory (common.py sets it here)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", FRESH, "tuned" if tuned else "glibc",
+                          str(Path(__file__).parent), json.dumps(model), str(batch), str(steps)],
+                         check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--skip-compile", action="store_true", help="leave torch.compile out (it takes a while)")
@@ -92,6 +117,8 @@ def main() -> None:
     with mp.get_context("spawn").Pool(cores) as pool:
         rates = pool.map(_worker, [(model, 28, 5, batch, steps)] * cores)
         settings[f"{cores} processes x 1 thread (sum)"] = {"images_per_s": sum(rates)}
+    for tuned, name in ((True, "new process, freed memory kept (default)"), (False, "new process, glibc defaults")):
+        settings[name] = fresh_process_rate(tuned, model, batch, steps)
     if not args.skip_compile:
         settings["torch.compile"] = step_rate(model, 28, 5, batch, steps, compile_net=True)
     base = settings["channels_last, fast LRN (default)"]["images_per_s"]

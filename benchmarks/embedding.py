@@ -1,9 +1,10 @@
 """Embedding classifier: our finite Newton SVM against scikit-learn's LinearSVC on the same features.
 
-Both minimise the same objective (one-vs-rest squared hinge, L2, C from params); LinearSVC runs as
-the embed stage ran it before (liblinear's primal when samples > features, else its dual). Per
-feature set of the default dump on half B (FNE, fc6, fc7, each per-layer probe): fit + predict time
-and test accuracy; then the whole embed stage's classifiers on every default dump, both ways.
+Both minimise the same objective (one-vs-rest squared hinge, L2, C from params), with the BLAS
+threads the embed stage uses (compute.threads); LinearSVC runs as the embed stage ran it before
+(liblinear's primal when samples > features, else its dual). Per feature set of the default dump
+on half B (FNE, fc6, fc7, each per-layer probe): fit + predict time and test accuracy; then the
+whole embed stage's classifiers on every default dump, both ways.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from common import ROOT, load_params, parser, save, table
+from threadpoolctl import threadpool_limits
 
 from transferability.embedding import evaluate_all, fne, l2_normalise, linear_svm, target_splits
 
@@ -28,11 +30,13 @@ def fit_predict(solver: str, c: float, xtr: np.ndarray, ytr: np.ndarray, xte: np
 
 def main() -> None:
     p = parser(__doc__)
+    p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: compute.threads, as the stage)")
     p.add_argument("--dumps", default=str(ROOT / "data/features/random0/seed0/baseA"),
                    help="folder of the default run's dumps (one per target), made by `make run`")
     args = p.parse_args()
     params = load_params(args.params, args.quick)
     cfg = params["embed"]
+    threadpool_limits(args.threads or params["compute"]["threads"])
     dumps = Path(args.dumps)
     if not (dumps / "B" / "features.npy").exists():
         raise SystemExit(f"no feature dump in {dumps / 'B'}: run `make run` (or the features stage) first")

@@ -59,3 +59,23 @@ def test_report_names_the_missing_run(tmp_path, monkeypatch, params):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=r"data/runs/random0/seed0/baseA/metrics.json is missing: train baseA"):
         build_report(params)
+
+
+def test_summary_gives_a_95_percent_interval_over_seeds():
+    s = summarise(ROWS)[("random0", "baseB", 0)]
+    half = 12.7062047 * 0.0141421356 / 2**0.5  # t(0.975, 1) * sd / sqrt(2)
+    assert s["ci95"] == pytest.approx((0.81 - half, 0.81 + half))
+    assert summarise([row("baseB", 0, 0.8)])[("random0", "baseB", 0)]["ci95"] == (None, None)
+
+
+def test_findings_figures_draw_bands_or_say_what_is_missing(tmp_path):
+    from transferability.report import findings_figures
+
+    from .test_findings import runs
+
+    findings_figures(runs(3), ["random0"], ["dissimilar"], tmp_path)
+    for name in ("dissimilar.png", "random_filters.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG" and (tmp_path / name).stat().st_size > 15_000
+    (tmp_path / "one").mkdir()
+    findings_figures(runs(1), ["random0"], [], tmp_path / "one")  # one seed, no dissimilar split: no bands
+    assert (tmp_path / "one" / "dissimilar.png").exists()

@@ -66,7 +66,7 @@ def dvc_ws(tmp_path_factory):
 def test_snakemake_run_writes_the_report(snakemake_ws):
     reports = snakemake_ws / "reports"
     for name in ("index.html", "metrics.json", "figure2.png", "curves.png", "probes.png", "runs.csv",
-                 "decomposition.md", "fne.md"):
+                 "decomposition.md", "fne.md", "findings.md", "dissimilar.png", "random_filters.png"):
         assert (reports / name).stat().st_size > 0, name
     assert (reports / "figure2.png").read_bytes()[:4] == b"\x89PNG"
     metrics = json.loads((reports / "metrics.json").read_text())["random0"]
@@ -77,6 +77,10 @@ def test_snakemake_run_writes_the_report(snakemake_ws):
     n3 = metrics["effects_B"]["n3"]
     expected = metrics["BnB"]["n3"]["top1_kbest"] - metrics["AnB"]["n3"]["top1_kbest"]
     assert n3["specificity"] == pytest.approx(expected, abs=2e-6)
+    findings = json.loads((reports / "metrics.json").read_text())["findings"]
+    assert set(findings) == {"specificity", "fragile co-adaptation", "fine-tuning boost", "random frozen filters"}
+    assert {f["verdict"] for f in findings.values()} == {"inconclusive"}  # one seed: no interval, no verdict
+    assert "The study's findings on this data" in (reports / "index.html").read_text()
     fne = metrics["fne"]
     assert sorted(fne) == ["baseA_on_B", "baseA_on_digits"]
     assert sorted(fne["baseA_on_digits"]) == ["5_per_class", "all"]

@@ -8,6 +8,7 @@ import sys
 
 from . import params as params_mod
 from . import runs, stages
+from .allocator import keep_freed_memory
 from .errors import UserError
 
 DISK_ERRORS = {
@@ -45,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    keep_freed_memory()
     try:
         params = params_mod.load(args.params)
         if args.stage == "check":

@@ -10,6 +10,9 @@ channel-slice additions give identical outputs and identical gradients:
 - backward: autograd's formulas for each of those ops, with ``avg_pool3d``'s backward replayed as
   its kernel runs it (each output's share ``grad / size`` added to its window, outputs in order).
 
+In-place operations replace torch's temporaries (same roundings, fewer allocations), and the
+channel slices work in either memory layout, so channels_last inputs need no copies.
+
 tests/test_lrn.py checks equality bit for bit, forward and backward, in both memory layouts.
 """
 
@@ -19,10 +22,10 @@ import torch
 from torch import nn
 
 
-def _window_sum(t: torch.Tensor, size: int, before: int) -> torch.Tensor:
+def _window_sum(t: torch.Tensor, size: int, before: int, layout: torch.memory_format) -> torch.Tensor:
     """out[:, c] = t[:, c - before] + ... + t[:, c - before + size - 1], added in that order, zeros outside."""
     c = t.shape[1]
-    out = torch.zeros_like(t)
+    out = torch.zeros_like(t, memory_format=layout)
     for j in range(size):
         off = j - before
         lo, hi = max(0, -off), min(c, c - off)
@@ -30,34 +33,30 @@ def _window_sum(t: torch.Tensor, size: int, before: int) -> torch.Tensor:
     return out
 
 
-def _layout(x: torch.Tensor) -> torch.memory_format:
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
 class _LocalResponseNorm(torch.autograd.Function):
+    """In-place where torch allocates: the same roundings, in either memory layout, without copies."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-        layout = _layout(x)
-        x = x.contiguous()  # channel slices of NCHW are contiguous blocks; the values do not depend on it
-        base = _window_sum(x * x, size, size // 2) / size * alpha + k
+        # base in NCHW order, as torch's avg_pool3d returns it: pow's vector and scalar paths round
+        # differently, so which elements fall in the scalar tail must be the same as torch's
+        base = _window_sum(x * x, size, size // 2, torch.contiguous_format)
+        base.div_(size).mul_(alpha).add_(k)
         div = base.pow(beta)
         out = x / div
         ctx.save_for_backward(x, base, div, out)
-        ctx.config = (size, alpha, beta, layout)
-        return out.contiguous(memory_format=layout)
+        ctx.config = (size, alpha, beta)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, base, div, out = ctx.saved_tensors
-        size, alpha, beta, layout = ctx.config
-        grad = grad.contiguous()
-        grad_base = (-grad * (out / div)) * (beta * base.pow(beta - 1))  # DivBackward, then PowBackward
-        share = grad_base * alpha / size
-        grad_sq = _window_sum(share, size, (size - 1) // 2)  # avg_pool3d's backward, outputs in order
-        half = grad_sq * x  # x * x: both factors get grad_sq * x
-        return ((grad / div + half) + half).contiguous(memory_format=layout), None, None, None, None
+        size, alpha, beta = ctx.config
+        share = (-grad).mul_(out / div)  # DivBackward: -grad * ((x / div) / div)
+        share.mul_(base.pow(beta - 1).mul_(beta)).mul_(alpha).div_(size)  # PowBackward, MulBackward, avg_pool
+        grad_sq = _window_sum(share, size, (size - 1) // 2, torch.preserve_format)  # avg_pool3d's backward
+        half = grad_sq.mul_(x)  # x * x: both factors get grad_sq * x
+        return (grad / div).add_(half).add_(half), None, None, None, None
 
 
 class LocalResponseNorm(nn.LocalResponseNorm):

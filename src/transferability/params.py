@@ -61,6 +61,13 @@ def check(params: dict[str, Any], source: str = "params") -> None:
                 f"{source}: experiment.splits names '{name}', which is not defined under 'splits' "
                 f"(defined: {', '.join(params['splits'])})"
             )
+    for name in params.get("report", {}).get("dissimilar_splits", []):
+        if name not in params["splits"]:
+            raise UserError(f"{source}: report.dissimilar_splits names '{name}', which is not defined under 'splits' "
+                            f"(defined: {', '.join(params['splits'])})")
+        if params["splits"][name]["method"] == "random":
+            raise UserError(f"{source}: report.dissimilar_splits names '{name}', a random split; "
+                            "a dissimilar split lists its halves (method: lists)")
     for name, split in params["splits"].items():
         if split["method"] == "random" and "seed" not in split:
             raise UserError(f"{source}: splits.{name} uses method 'random' and needs a 'seed'")

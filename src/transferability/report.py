@@ -13,7 +13,7 @@ import io
 import json
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 from typing import Any
 
 import matplotlib
@@ -24,6 +24,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from . import runs  # noqa: E402
 from .atomic import atomic_path, write_json, write_text  # noqa: E402
 from .errors import UserError  # noqa: E402
+from .findings import as_json, evaluate, replicates, table  # noqa: E402
+from .runs import role  # noqa: E402
+from .stats import t_interval  # noqa: E402
 from .training import versions  # noqa: E402
 
 STUDY_RESULTS = Path(__file__).with_name("reference") / "results.csv"
@@ -32,13 +35,6 @@ STYLE = {"TnT": ("#1f4e9c", "o", "-"), "TnT+": ("#6fa8dc", "o", "--"), "SnT": ("
          "SnT+": ("#f1948a", "D", "--"), "RnT": ("#7f7f7f", "s", ":")}
 COLUMNS = ["split", "seed", "network", "family", "n", "source", "target", "top1_kbest", "top1",
            "wall_time_s", "images_per_s"]
-
-
-def role(family: str, target: str) -> str:
-    """BnB -> TnT (self), AnB -> SnT (other half), RnB -> RnT, keeping '+'."""
-    src = family[0]
-    kind = "R" if src == "R" else ("T" if src == target else "S")
-    return f"{kind}nT" + ("+" if family.endswith("+") else "")
 
 
 def collect(params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -58,20 +54,16 @@ def collect(params: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float | None]:
-    return mean(values), (stdev(values) if len(values) > 1 else None)
-
-
 def summarise(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
-    """(split, family, n) -> mean, sd and count of the study's metric and of final top-1."""
+    """(split, family, n) -> mean, sd, 95% interval and count of the study's metric over seeds, and final top-1."""
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[(r["split"], r["family"], r["n"])].append(r)
     out = {}
     for key, rs in groups.items():
-        m, sd = _mean_sd([r["top1_kbest"] for r in rs])
-        out[key] = {"top1_kbest": m, "top1_kbest_sd": sd, "top1": mean(r["top1"] for r in rs),
-                    "runs": len(rs), "target": rs[0]["target"]}
+        e = t_interval([r["top1_kbest"] for r in rs])
+        out[key] = {"top1_kbest": e.mean, "top1_kbest_sd": e.std, "ci95": (e.low, e.high),
+                    "top1": mean(r["top1"] for r in rs), "runs": len(rs), "target": rs[0]["target"]}
     return out
 
 
@@ -124,9 +116,11 @@ def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], ov
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.2), squeeze=False)
     for ax, (split, target) in zip(axes[0], panels, strict=True):
         base = [r["top1_kbest"] for r in rows if r["split"] == split and r["family"] == f"base{target}"]
-        lo, hi = min(base), max(base)
+        lo, hi = summary[(split, f"base{target}", 0)]["ci95"]
+        lo, hi = (min(base), max(base)) if lo is None else (lo, hi)
         ax.axhspan(lo - 0.0005, hi + 0.0005, color="#dddddd", zorder=0)
-        ax.axhline(mean(base), color="#555555", lw=1, zorder=1, label=f"base{target} (mean, range)")
+        ax.axhline(mean(base), color="#555555", lw=1, zorder=1,
+                   label=f"base{target} (mean, {'95% interval' if len(base) > 1 else 'one run'})")
         ax.scatter([0] * len(base), base, color="white", edgecolor="black", zorder=3, s=36)
         families = sorted({r["family"] for r in rows if r["split"] == split and r["target"] == target
                            and not r["family"].startswith("base")}, key=lambda f: list(STYLE).index(role(f, target)))
@@ -139,6 +133,7 @@ def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], ov
             ns = sorted({r["n"] for r in pts})
             ax.plot(ns, [summary[(split, fam, n)]["top1_kbest"] for n in ns], color=color, ls=ls, lw=1.8,
                     label=fam, zorder=2)
+            _band(ax, [summary[(split, fam, n)]["ci95"] for n in ns], ns, color)
         if overlay:
             study = study_points(split, target)
             for rl in ("TnT", "TnT+", "SnT", "SnT+"):
@@ -159,6 +154,64 @@ def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], ov
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def _band(ax: Any, intervals: list[tuple[float | None, float | None]], ns: list[int], color: str) -> None:
+    """The 95% interval over seeds as a shaded band (nothing with one seed)."""
+    if intervals and all(lo is not None for lo, _ in intervals):
+        ax.fill_between(ns, [lo for lo, _ in intervals], [hi for _, hi in intervals], color=color, alpha=0.15,
+                        lw=0, zorder=1)
+
+
+def _role_curve(rows: list[dict[str, Any]], splits: list[str], want: str,
+                base_relative: bool) -> tuple[list[int], list[float], list[tuple]]:
+    """Mean and 95% interval over replicates (split, seed, target) of one role per n, or of base - role."""
+    reps = replicates(rows)
+    ns, means, cis = [], [], []
+    for n in range(1, 8):
+        vals = [rep[("base", 0)] - rep[(want, n)] if base_relative else rep[(want, n)]
+                for (split, _, _), rep in reps.items() if split in splits and (want, n) in rep
+                and ("base", 0) in rep]
+        if vals:
+            e = t_interval(vals)
+            ns.append(n)
+            means.append(e.mean)
+            cis.append((e.low, e.high))
+    return ns, means, cis
+
+
+def findings_figures(rows: list[dict[str, Any]], random_splits: list[str], dissimilar_splits: list[str],
+                     out: Path) -> None:
+    """dissimilar.png: SnT's drop below the base, random against dissimilar splits; random_filters.png: RnT
+    against SnT. Lines are means over replicates, bands their 95% intervals."""
+    panels = {"dissimilar.png": ("Transfer from a dissimilar half", "drop below the base: base - SnT (AnB)",
+                                 [(random_splits, "SnT", True, "random splits", "#c0392b"),
+                                  (dissimilar_splits, "SnT", True, "dissimilar split", "#8e44ad")]),
+              "random_filters.png": ("Random frozen filters against transferred ones", "top-1 on the target half",
+                                     [(random_splits, "SnT", False, "SnT (AnB): trained filters", "#c0392b"),
+                                      (random_splits, "RnT", False, "RnT (RnB): random filters", "#7f7f7f")])}
+    for name, (title, ylabel, lines) in panels.items():
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        drawn = 0
+        for splits, want, rel, label, color in lines:
+            ns, means, cis = _role_curve(rows, splits, want, rel)
+            if ns:
+                ax.plot(ns, means, marker="o", color=color, label=f"{label} ({', '.join(splits)})")
+                _band(ax, cis, ns, color)
+                drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, "no runs for this comparison in params (experiment.splits, report.dissimilar_splits)",
+                    ha="center", transform=ax.transAxes)
+        ax.set_xlabel("n: layers copied and frozen")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        with atomic_path(out / name, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)
 
 
 def _other(half: str) -> str:
@@ -283,7 +336,10 @@ def metrics_json(summary: dict[tuple, dict[str, Any]], decomp: list[dict[str, An
     out: dict[str, Any] = {}
     for (split, fam, n), s in sorted(summary.items()):
         slug = fam.replace("+", "-ft")
-        entry = {"top1_kbest": round(s["top1_kbest"], 6), "top1": round(s["top1"], 6)}
+        entry = {"top1_kbest": round(s["top1_kbest"], 6), "top1": round(s["top1"], 6), "replicates": s["runs"]}
+        if s["runs"] > 1:
+            entry.update(std=round(s["top1_kbest_sd"], 6), ci95_low=round(s["ci95"][0], 6),
+                         ci95_high=round(s["ci95"][1], 6))
         if fam.startswith("base"):
             out.setdefault(split, {})[slug] = entry
         else:
@@ -313,6 +369,14 @@ th{{background:#f3f3f3}}img{{max-width:100%}}code,pre{{background:#f6f6f6}}pre{{
 <p>Points: single networks; lines: the mean of each variant over seeds; grey band and line: the base
 network trained on the target half (its range over seeds). TnT (BnB): layers from the base of the same half,
 frozen; + : all layers fine-tuned; SnT (AnB): layers from the other half's base; RnT (RnB): random frozen filters.</p>
+<h2>The study's findings on this data</h2>
+<p>Each effect is computed per replicate (split, seed and target half; random splits and both directions pooled),
+then averaged; the interval is Student's t at 95% over replicates (Welch's for the dissimilar-split comparison).
+Verdict: <em>holds</em> when the whole interval lies on the side the study claims, <em>does not hold</em> when it
+lies on the other side, <em>inconclusive</em> otherwise (or with a single replicate).</p>
+{findings}
+<img src="dissimilar.png" alt="Drop of transfer below the base, random against dissimilar splits">
+<img src="random_filters.png" alt="Random frozen filters against transferred filters">
 <h2>Accuracy per variant and n</h2>
 {variants}
 <h2>Decomposition per n</h2>
@@ -355,7 +419,15 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
     f_header, f_table = fne_table(embeds, baselines)
     write_text(out / "fne.md", markdown(f_header, f_table) if embeds else "No feature extraction configured.\n")
     probes_figure(embeds, summary, out / "probes.png")
+    used = params["experiment"]["splits"]
+    random_splits = [sp for sp in used if params["splits"][sp]["method"] == "random"]
+    dissimilar_splits = [sp for sp in params.get("report", {}).get("dissimilar_splits", []) if sp in used]
+    found = evaluate(rows, random_splits or [sp for sp in used if sp not in dissimilar_splits], dissimilar_splits)
+    fi_header, fi_table = table(found)
+    write_text(out / "findings.md", markdown(fi_header, fi_table))
+    findings_figures(rows, random_splits, dissimilar_splits, out)
     metrics = metrics_json(summary, decomp, rows, params)
+    metrics["findings"] = as_json(found)
     for e in embeds:
         metrics[e["split"]].setdefault("fne", {})[f"{e['slug']}_on_{e['target']}"] = {
             size: {m: round(v["mean"], 6) for m, v in res.items()} for size, res in e["results"].items()}
@@ -376,7 +448,7 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
              f"{params['evaluate']['k_best']} best of the test evaluations made during training.")
     provenance = json.dumps({"versions": versions(), "params": params}, indent=2)
     write_text(out / "index.html", PAGE.format(
-        intro=html.escape(intro), variants=html_table(v_header, v_table),
+        intro=html.escape(intro), variants=html_table(v_header, v_table), findings=html_table(fi_header, fi_table),
         decomposition=html_table(d_header, d_table), runs=html_table(COLUMNS, run_table),
         fne=html_table(f_header, f_table) if embeds else "<p>No feature extraction configured.</p>",
         provenance=html.escape(provenance)))

@@ -27,7 +27,7 @@ FEATURE_FILES = ("features.npy", "labels.npy", "is_train.npy", "index.json")
 EMBED = "data/embed/{split}/seed{seed}/{network}/{target}.json"
 REPORT_DIR = "reports"
 REPORT_FILES = ("index.html", "figure2.png", "curves.png", "probes.png", "metrics.json", "runs.csv", "runs.md",
-                "variants.md", "decomposition.md", "fne.md")
+                "variants.md", "decomposition.md", "fne.md", "findings.md", "dissimilar.png", "random_filters.png")
 REPORT_CURVES = "reports/curves"  # one CSV per run, for `dvc plots`
 
 BASE_RE = re.compile(r"^base(?P<tgt>[AB])$")
@@ -132,6 +132,13 @@ class Network:
             raise UserError(f"unknown network '{slug}'; use baseA, baseB or e.g. A3B, A3B-ft, B5B, R2B")
         return cls(split, seed, f"{m['src']}n{m['tgt']}{m['ft'] or ''}", int(m["n"]))
 
+
+
+def role(family: str, target: str) -> str:
+    """BnB -> TnT (self), AnB -> SnT (other half), RnB -> RnT, keeping '+'."""
+    src = family[0]
+    kind = "R" if src == "R" else ("T" if src == target else "S")
+    return f"{kind}nT" + ("+" if family.endswith("+") else "")
 
 
 def networks(params: dict[str, Any]) -> list[Network]:

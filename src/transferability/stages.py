@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from . import runs
@@ -240,7 +241,9 @@ def embed(params: dict[str, Any], split_name: str, seed: int, network: str, targ
     splits = target_splits(target, y, is_train, cfg, seed)
     results = {}
     total = sum(len(v) for v in splits.values())
-    with tqdm(total=total, desc=f"embed {job.name} on {target}", unit="split", ascii=True, mininterval=5) as bar:
+    # BLAS threads as params say: two OpenBLAS threads on these small matrices ran 3-10x slower than one
+    with threadpool_limits(params["compute"]["threads"]), \
+            tqdm(total=total, desc=f"embed {job.name} on {target}", unit="split", ascii=True, mininterval=5) as bar:
         for size, folds in splits.items():
             accs = []
             for tr, te in folds:
