@@ -10,6 +10,7 @@ import argparse
 import copy
 import os
 import platform
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -77,9 +78,18 @@ def machine() -> dict[str, Any]:
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
+def commit() -> str:
+    """The checked-out commit, with '+changes' when the package's source differs from it."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "--", "src") else "")
+
+
 def save(name: str, figures: dict[str, Any], params: dict[str, Any] | None, args: argparse.Namespace) -> Path:
     out = Path(args.out) if args.out else RESULTS / f"{name}.json"
     write_json(out, {"benchmark": name, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                     "commit": commit(),
                      "quick": args.quick, "figures": figures, "params": params, "versions": versions(),
                      "machine": machine()})
     print(f"-> {out}")

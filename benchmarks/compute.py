@@ -38,14 +38,16 @@ def matmul_gflops(threads: int, n: int = 1024, repeat: int = 10) -> float:
 
 
 def step_rate(model: dict[str, Any], size: int, classes: int, batch: int, steps: int, threads: int = 1,
-              channels_last: bool = True, fast_lrn: bool = True, compile_net: bool = False) -> dict[str, float]:
+              channels_last: bool = True, fast_lrn: bool = True, compile_net: bool = False,
+              device: str = "cpu") -> dict[str, float]:
     """Images/s of SGD training steps on one in-memory batch, and the time to the first step."""
     torch.set_num_threads(threads)
     net = build_model(model, 3 if model["arch"] == "caffenet" else 1, classes, size, seed=0, fast_lrn=fast_lrn)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(memory_format=fmt)
-    x = torch.randn(batch, net.layer(1)[0].in_channels, size, size).contiguous(memory_format=fmt)
-    y = torch.randint(0, classes, (batch,))
+    net = net.to(device, memory_format=fmt)
+    x = torch.randn(batch, net.layer(1)[0].in_channels, size, size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, classes, (batch,), device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     fn = torch.compile(net) if compile_net else net
     opt = SGD([{"params": net.parameters()}], lr=0.01, momentum=0.9)
 
@@ -57,11 +59,14 @@ def step_rate(model: dict[str, Any], size: int, classes: int, batch: int, steps:
 
     t = time.perf_counter()
     step()
+    sync()
     first = time.perf_counter() - t
     step()
+    sync()
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     rate = batch * steps / (time.perf_counter() - t)
     flops = 3 * forward_flops(net, x.shape[1], size)
     return {"images_per_s": rate, "gflops": rate * flops / 1e9, "first_step_s": first, "flops_per_image": flops}
@@ -94,6 +99,8 @@ def fresh_process_rate(tuned: bool, model: dict[str, Any], batch: int, steps: in
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--skip-compile", action="store_true", help="leave torch.compile out (it takes a while)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the caffenet step runs (default: a GPU if there is one)")
     args = p.parse_args()
     params = load_params(args.params, args.quick)
     model, batch = params["model"], params["train"]["batch_size"]
@@ -102,7 +109,8 @@ def main() -> None:
     peak = {"1 thread": matmul_gflops(1), f"{cores} threads": matmul_gflops(cores)}
     caffenet = {"arch": "caffenet", "init": "caffe", "dropout": 0.5}
     nets = {"default (small)": step_rate(model, 28, 5, batch, steps),
-            "caffenet, batch 32": step_rate(caffenet, 227, 500, 32, 1 if args.quick else 3)}
+            f"caffenet, batch 32 ({args.device})": step_rate(caffenet, 227, 500, 32, 1 if args.quick else 3,
+                                                             device=args.device)}
     rows = [[name, r["images_per_s"], r["gflops"], r["gflops"] / peak["1 thread"], r["flops_per_image"] / 1e6]
             for name, r in nets.items()]
     print(f"float32 matmul: {peak['1 thread']:.1f} GFLOP/s on 1 thread, {peak[f'{cores} threads']:.1f} on {cores}")

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from common import ROOT, parser, save, table
 
-EXPERIMENT = ("dataset", "splits", "experiment", "model", "train", "evaluate", "features")
+EXPERIMENT = ("dataset", "experiment", "model", "train", "evaluate", "features")
 
 
 def rule_times(log: str) -> dict[str, dict[str, float]]:
@@ -74,8 +74,10 @@ def run(ref: str, where: Path) -> dict[str, Any]:
     if proc.returncode:
         sys.exit(f"{ref}: snakemake failed:\n{proc.stderr[-3000:]}")
     params = yaml.safe_load((dest / "params.yaml").read_text())
+    experiment = {k: params.get(k) for k in EXPERIMENT}
+    experiment["splits"] = {k: params["splits"][k] for k in params["experiment"]["splits"]}  # the ones used
     return {"ref": ref, "commit": sha, "wall_s": wall, "rules": rule_times(proc.stderr),
-            "experiment_params": {k: params.get(k) for k in EXPERIMENT}, **accuracies(dest)}
+            "experiment_params": experiment, **accuracies(dest)}
 
 
 def main() -> None:

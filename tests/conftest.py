@@ -33,6 +33,17 @@ def params(smoke_params) -> dict:
     return copy.deepcopy(smoke_params)
 
 
+@pytest.fixture
+def workspace(tmp_path, monkeypatch, params) -> Path:
+    """An empty project folder (the working directory) with the smoke store prepared and split random0."""
+    from transferability import stages
+
+    monkeypatch.chdir(tmp_path)
+    stages.prepare(params)
+    stages.split(params, "random0")
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def fmnist_store(tmp_path_factory, smoke_params):
     dest = tmp_path_factory.mktemp("store") / "fashion_mnist"

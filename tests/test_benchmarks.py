@@ -41,7 +41,7 @@ def test_frozen_prefix_benchmark(tmp_path):
 def test_compute_benchmark(tmp_path):
     f = run_bench("compute", tmp_path, "--skip-compile")
     assert all(v > 0 for v in f["matmul_gflops"].values())
-    assert f["train_step"]["caffenet, batch 32"]["flops_per_image"] > 4e9  # about 4.35 GFLOP a training image
+    assert f["train_step"]["caffenet, batch 32 (cpu)"]["flops_per_image"] > 4e9  # about 4.35 GFLOP a training image
     assert len(f["settings"]) == 7 and all(v["images_per_s"] > 0 for v in f["settings"].values())
 
 

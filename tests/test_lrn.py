@@ -29,10 +29,8 @@ def test_outputs_and_gradients_are_torchs_bit_for_bit(shape, layout, size, alpha
     assert y.is_contiguous(memory_format=layout) and g.is_contiguous(memory_format=layout)
 
 
-def test_a_trained_network_is_the_same_with_either_implementation(tmp_path, monkeypatch, params):
-    monkeypatch.chdir(tmp_path)
-    stages.prepare(params)
-    stages.split(params, "random0")
+@pytest.mark.usefixtures("workspace")
+def test_a_trained_network_is_the_same_with_either_implementation(tmp_path, params):
     run = tmp_path / "data/runs/random0/seed0/baseB"
     files = {}
     for fast in (False, True):

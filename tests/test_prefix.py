@@ -51,11 +51,9 @@ def test_no_grad_mode_stops_autograd_at_the_prefix():
 
 
 @pytest.mark.parametrize("variant, n", [("AnB", 1), ("AnB", 4), ("RnB", 6), ("AnB", 7)])
-def test_every_frozen_prefix_mode_writes_the_same_metrics_file(tmp_path, monkeypatch, params, variant, n):
-    monkeypatch.chdir(tmp_path)
+@pytest.mark.usefixtures("workspace")
+def test_every_frozen_prefix_mode_writes_the_same_metrics_file(tmp_path, params, variant, n):
     params["train"]["images_per_class"] = 41  # 205 images: a last batch of 13 as well as full ones
-    stages.prepare(params)
-    stages.split(params, "random0")
     stages.train_network(params, "random0", 0, "baseA", None)
     run = tmp_path / f"data/runs/random0/seed0/{variant}/n{n}"
     files, timings = {}, {}
@@ -89,10 +87,8 @@ def test_random_crops_and_unfrozen_nets_are_not_cached(fmnist_store, params):
     assert cache_bytes(net, data, True) == 4 * 16 * 7 * 7 * (2 * 20 + 20)  # conv2: 16 channels at 7x7
 
 
-def test_an_oversized_cache_falls_back_to_no_grad(tmp_path, monkeypatch, params):
-    monkeypatch.chdir(tmp_path)
-    stages.prepare(params)
-    stages.split(params, "random0")
+@pytest.mark.usefixtures("workspace")
+def test_an_oversized_cache_falls_back_to_no_grad(tmp_path, params):
     stages.train_network(params, "random0", 0, "baseA", None)
     run = tmp_path / "data/runs/random0/seed0/AnB/n2"
     params["compute"]["prefix_cache_gb"] = 1e-6

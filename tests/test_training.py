@@ -32,10 +32,8 @@ def test_eval_steps_spread_over_the_epoch_and_end_it():
     assert eval_steps(2, 5) == [1, 2]
 
 
-def test_same_seed_gives_an_identical_metrics_file(tmp_path, monkeypatch, params):
-    monkeypatch.chdir(tmp_path)
-    stages.prepare(params)
-    stages.split(params, "random0")
+@pytest.mark.usefixtures("workspace")
+def test_same_seed_gives_an_identical_metrics_file(tmp_path, params):
     stages.train_network(params, "random0", 0, "baseB", None)
     run = tmp_path / "data/runs/random0/seed0/baseB"
     first = (run / "metrics.json").read_bytes()
@@ -55,10 +53,8 @@ def test_same_seed_gives_an_identical_metrics_file(tmp_path, monkeypatch, params
     assert (run / "metrics.json").read_bytes() == first
 
 
-def test_a_checkpoint_of_other_params_is_ignored(tmp_path, monkeypatch, params, capsys):
-    monkeypatch.chdir(tmp_path)
-    stages.prepare(params)
-    stages.split(params, "random0")
+@pytest.mark.usefixtures("workspace")
+def test_a_checkpoint_of_other_params_is_ignored(tmp_path, params, capsys):
     stages.train_network(params, "random0", 0, "baseA", None)
     first = json.loads((tmp_path / "data/runs/random0/seed0/baseA/metrics.json").read_text())
     params["train"]["lr"] *= 2
@@ -69,10 +65,8 @@ def test_a_checkpoint_of_other_params_is_ignored(tmp_path, monkeypatch, params, 
     assert second["evals"] != first["evals"]
 
 
-def test_a_checkpoint_written_by_other_code_is_ignored(tmp_path, monkeypatch, params, capsys):
-    monkeypatch.chdir(tmp_path)
-    stages.prepare(params)
-    stages.split(params, "random0")
+@pytest.mark.usefixtures("workspace")
+def test_a_checkpoint_written_by_other_code_is_ignored(params, capsys, monkeypatch):
     stages.train_network(params, "random0", 0, "baseB", None)
     monkeypatch.setattr(stages, "source_digest", lambda: "other code")
     stages.train_network(params, "random0", 0, "baseB", None)
@@ -95,11 +89,9 @@ def test_inference_batches_never_end_in_a_tiny_remainder():
     assert chunks(5, 250) == [(0, 5)]
 
 
-def test_the_evaluation_batch_changes_no_number(tmp_path, monkeypatch, params):
-    monkeypatch.chdir(tmp_path)
+@pytest.mark.usefixtures("workspace")
+def test_the_evaluation_batch_changes_no_number(tmp_path, params):
     params["evaluate"]["images_per_class"] = 61  # 305 test images: remainders of 5, 55 and 305
-    stages.prepare(params)
-    stages.split(params, "random0")
     run = tmp_path / "data/runs/random0/seed0/baseB"
     files = set()
     for batch in (1000, 250, 100, 50):
