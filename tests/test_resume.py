@@ -26,9 +26,11 @@ TRAIN = ["transferability", "--params", "params.yaml", "train", "--split", "rand
 
 @pytest.fixture(scope="module")
 def params_file(tmp_path_factory) -> Path:
-    """The smoke profile with enough epochs to be killed in many places."""
+    """The smoke profile with enough epochs to be killed in many places, each epoch long enough
+    (about 1 s here; 0.16 s with 150 images once training got faster) that a kill up to 0.4 s after
+    a checkpoint lands inside the next epoch, not after the run has finished."""
     params = yaml.safe_load(SMOKE.read_text())
-    params["train"].update(epochs=8, images_per_class=150)
+    params["train"].update(epochs=8, images_per_class=1000)
     f = tmp_path_factory.mktemp("params") / "params.yaml"
     f.write_text(yaml.safe_dump(params))
     return f
