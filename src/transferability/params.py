@@ -61,6 +61,10 @@ def check(params: dict[str, Any], source: str = "params") -> None:
                 f"{source}: experiment.splits names '{name}', which is not defined under 'splits' "
                 f"(defined: {', '.join(params['splits'])})"
             )
+    for name in exp.get("split_variants", {}):
+        if name not in exp["splits"]:
+            raise UserError(f"{source}: experiment.split_variants names '{name}', which is not in experiment.splits "
+                            f"({', '.join(exp['splits'])}): add it there or remove its entry")
     for name in params.get("report", {}).get("dissimilar_splits", []):
         if name not in params["splits"]:
             raise UserError(f"{source}: report.dissimilar_splits names '{name}', which is not defined under 'splits' "

@@ -141,6 +141,12 @@ def role(family: str, target: str) -> str:
     return f"{kind}nT" + ("+" if family.endswith("+") else "")
 
 
+def variants(params: dict[str, Any], split: str) -> list[str]:
+    """The variants trained on a split: a control split (the dissimilar one) may need fewer."""
+    exp = params["experiment"]
+    return exp.get("split_variants", {}).get(split, exp["variants"])
+
+
 def networks(params: dict[str, Any]) -> list[Network]:
     """Every network the experiment section asks for, bases first, in a stable order."""
     exp = params["experiment"]
@@ -148,7 +154,7 @@ def networks(params: dict[str, Any]) -> list[Network]:
     for split in exp["splits"]:
         for seed in exp["seeds"]:
             out += [Network(split, seed, "baseA"), Network(split, seed, "baseB")]
-            out += [Network(split, seed, v, n) for v in exp["variants"] for n in exp["layers"]]
+            out += [Network(split, seed, v, n) for v in variants(params, split) for n in exp["layers"]]
     return out
 
 

@@ -24,7 +24,7 @@ rule split:
         "data/logs/split/{split}.log",
     params:
         file=PARAMS_FILE,
-        digest=params_digest("splits"),
+        digest=lambda wildcards: tparams.digest(P["splits"][wildcards.split]),
     resources:
         runtime=5,
     conda:
