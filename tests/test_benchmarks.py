@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from .conftest import ENV, ROOT, SMOKE
 
@@ -75,3 +76,11 @@ Finished jobid: 0 (Rule: report)
     assert rule_times(log) == {"train_transfer": {"jobs": 1, "busy_s": 4.0, "span_s": 4.0},
                                "train_base": {"jobs": 1, "busy_s": 33.0, "span_s": 33.0},
                                "report": {"jobs": 1, "busy_s": 8.0, "span_s": 8.0}}
+
+
+def test_caffenet_benchmark_runs_the_imagenet_profile_on_this_device(tmp_path):
+    f = run_bench("caffenet", tmp_path, "--params", str(ROOT / "workflow" / "params" / "imagenet.yaml"))
+    assert f["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert f["batch"] == 16 and f["steps"] == 1 and f["train_images_per_s"] > 0
+    assert f["gflop_per_image"] == pytest.approx(4.3, abs=0.1)  # the study's CaffeNet, 227x227 crops
+    assert f["achieved_gflop_s"] == pytest.approx(f["train_images_per_s"] * f["gflop_per_image"], rel=0.01)

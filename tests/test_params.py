@@ -34,6 +34,13 @@ def test_shipped_profiles_are_valid():
         (lambda p: p["splits"]["random0"].pop("seed"), "splits.random0 uses method 'random' and needs a 'seed'"),
         (lambda p: p["train"].update(lr_steps=[0.8, 0.5]), "train.lr_steps must increase"),
         (lambda p: p["model"].update(dropout=1.0), "'model.dropout': 1.0 is greater than or equal to"),
+        (lambda p: p["experiment"]["dissimilar"].update(splits=["random0"]),
+         "experiment.dissimilar.splits names 'random0', a random split"),
+        (lambda p: p["experiment"]["dissimilar"].update(splits=["natman"]),
+         "experiment.dissimilar.splits names 'natman', which is not defined under 'splits'"),
+        (lambda p: p["experiment"].update(splits=["random0", "dissimilar"]),
+         "'dissimilar' is in both experiment.splits and experiment.dissimilar.splits"),
+        (lambda p: p["compute"].update(precision="float16"), "'compute.precision' is 'float16'; allowed values"),
     ],
 )
 def test_bad_params_give_one_clear_line(params, edit, expected):

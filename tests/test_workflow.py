@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import ENV, ROOT, SMOKE, make_workspace
+from .conftest import ROOT, SMOKE, make_workspace, sh
 
 pytestmark = pytest.mark.slow
-NETWORKS = 37  # 2 bases, 4 variants x 7 n, 7 random-filter controls
-
-
-def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
+NETWORKS = 37 + 9  # random0: 2 bases, 4 variants x 7 n, 7 random-filter controls; dissimilar: 2 bases, AnB x 7
 
 
 def snakemake_jobs(ws: Path, *extra: str) -> list[dict]:
@@ -49,18 +40,7 @@ def dvc_stages(ws: Path) -> list[dict]:
                 for s in repo.index.stages]
 
 
-@pytest.fixture(scope="module")
-def snakemake_ws(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("snakemake"))
-    sh(["snakemake", "--cores", "2"], ws)
-    return ws
-
-
-@pytest.fixture(scope="module")
-def dvc_ws(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("dvc"))
-    sh(["dvc", "repro"], ws)
-    return ws
+# snakemake_ws, dvc_ws: the smoke DAG run once per session (conftest.py).
 
 
 def test_snakemake_run_writes_the_report(snakemake_ws):
@@ -78,7 +58,8 @@ def test_snakemake_run_writes_the_report(snakemake_ws):
     expected = metrics["BnB"]["n3"]["top1_kbest"] - metrics["AnB"]["n3"]["top1_kbest"]
     assert n3["specificity"] == pytest.approx(expected, abs=2e-6)
     findings = json.loads((reports / "metrics.json").read_text())["findings"]
-    assert set(findings) == {"specificity", "fragile co-adaptation", "fine-tuning boost", "random frozen filters"}
+    assert set(findings) == {"specificity", "fragile co-adaptation", "fine-tuning boost",
+                             "dissimilar tasks transfer worse", "random frozen filters"}
     assert {f["verdict"] for f in findings.values()} == {"inconclusive"}  # one seed: no interval, no verdict
     assert "The study's findings on this data" in (reports / "index.html").read_text()
     fne = metrics["fne"]

@@ -61,17 +61,16 @@ def check(params: dict[str, Any], source: str = "params") -> None:
                 f"{source}: experiment.splits names '{name}', which is not defined under 'splits' "
                 f"(defined: {', '.join(params['splits'])})"
             )
-    for name in exp.get("split_variants", {}):
-        if name not in exp["splits"]:
-            raise UserError(f"{source}: experiment.split_variants names '{name}', which is not in experiment.splits "
-                            f"({', '.join(exp['splits'])}): add it there or remove its entry")
-    for name in params.get("report", {}).get("dissimilar_splits", []):
+    for name in exp["dissimilar"]["splits"]:
         if name not in params["splits"]:
-            raise UserError(f"{source}: report.dissimilar_splits names '{name}', which is not defined under 'splits' "
-                            f"(defined: {', '.join(params['splits'])})")
+            raise UserError(f"{source}: experiment.dissimilar.splits names '{name}', which is not defined under "
+                            f"'splits' (defined: {', '.join(params['splits'])})")
         if params["splits"][name]["method"] == "random":
-            raise UserError(f"{source}: report.dissimilar_splits names '{name}', a random split; "
+            raise UserError(f"{source}: experiment.dissimilar.splits names '{name}', a random split; "
                             "a dissimilar split lists its halves (method: lists)")
+        if name in exp["splits"]:
+            raise UserError(f"{source}: '{name}' is in both experiment.splits and experiment.dissimilar.splits; "
+                            "keep it in one of them")
     for name, split in params["splits"].items():
         if split["method"] == "random" and "seed" not in split:
             raise UserError(f"{source}: splits.{name} uses method 'random' and needs a 'seed'")

@@ -200,7 +200,7 @@ def findings_figures(rows: list[dict[str, Any]], random_splits: list[str], dissi
                 _band(ax, cis, ns, color)
                 drawn += 1
         if not drawn:
-            ax.text(0.5, 0.5, "no runs for this comparison in params (experiment.splits, report.dissimilar_splits)",
+            ax.text(0.5, 0.5, "no runs for this comparison in params (experiment.splits, experiment.dissimilar)",
                     ha="center", transform=ax.transAxes)
         ax.set_xlabel("n: layers copied and frozen")
         ax.set_ylabel(ylabel)
@@ -421,8 +421,8 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
     probes_figure(embeds, summary, out / "probes.png")
     used = params["experiment"]["splits"]
     random_splits = [sp for sp in used if params["splits"][sp]["method"] == "random"]
-    dissimilar_splits = [sp for sp in params.get("report", {}).get("dissimilar_splits", []) if sp in used]
-    found = evaluate(rows, random_splits or [sp for sp in used if sp not in dissimilar_splits], dissimilar_splits)
+    dissimilar_splits = params["experiment"]["dissimilar"]["splits"]
+    found = evaluate(rows, random_splits or used, dissimilar_splits)
     fi_header, fi_table = table(found)
     write_text(out / "findings.md", markdown(fi_header, fi_table))
     findings_figures(rows, random_splits, dissimilar_splits, out)
@@ -443,7 +443,9 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
     curves_figure(rows, out / "curves.png")
     seeds = params["experiment"]["seeds"]
     intro = (f"{len(rows)} networks on {params['dataset']['name']} ({params['model']['arch']} model), "
-             f"splits {', '.join(params['experiment']['splits'])}, seeds {seeds}. "
+             f"splits {', '.join(params['experiment']['splits'])}"
+             + "".join(f" and the dissimilar {sp}" for sp in params["experiment"]["dissimilar"]["splits"])
+             + f", seeds {seeds}. "
              "Accuracy is the study's metric: the mean of the "
              f"{params['evaluate']['k_best']} best of the test evaluations made during training.")
     provenance = json.dumps({"versions": versions(), "params": params}, indent=2)

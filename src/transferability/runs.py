@@ -141,20 +141,17 @@ def role(family: str, target: str) -> str:
     return f"{kind}nT" + ("+" if family.endswith("+") else "")
 
 
-def variants(params: dict[str, Any], split: str) -> list[str]:
-    """The variants trained on a split: a control split (the dissimilar one) may need fewer."""
-    exp = params["experiment"]
-    return exp.get("split_variants", {}).get(split, exp["variants"])
-
-
 def networks(params: dict[str, Any]) -> list[Network]:
-    """Every network the experiment section asks for, bases first, in a stable order."""
+    """Every network the experiment section asks for, bases first, in a stable order: the main
+    splits with every variant, then the dissimilar-task control with its own (fewer) variants."""
     exp = params["experiment"]
     out = []
-    for split in exp["splits"]:
-        for seed in exp["seeds"]:
-            out += [Network(split, seed, "baseA"), Network(split, seed, "baseB")]
-            out += [Network(split, seed, v, n) for v in variants(params, split) for n in exp["layers"]]
+    for splits, variants in ((exp["splits"], exp["variants"]),
+                             (exp["dissimilar"]["splits"], exp["dissimilar"]["variants"])):
+        for split in splits:
+            for seed in exp["seeds"]:
+                out += [Network(split, seed, "baseA"), Network(split, seed, "baseB")]
+                out += [Network(split, seed, v, n) for v in variants for n in exp["layers"]]
     return out
 
 

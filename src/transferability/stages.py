@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from . import runs
 from .atomic import atomic_dir, ensure_writable, write_bytes, write_json, write_text
-from .data import half_data, input_size
+from .data import half_data, input_size, normalisation
 from .devices import resolve_device
 from .embedding import evaluate_all, target_splits
 from .errors import UserError
@@ -113,7 +113,8 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
     store = load_store(runs.prepared_path(params))
     split_data = read_split(split_name)
     data = half_data(store, split_data, network.target, params["train"].get("images_per_class"),
-                     params["evaluate"].get("images_per_class"))
+                     params["evaluate"].get("images_per_class"), compute.get("resident_gb", 16),
+                     params["train"].get("normalise", "mean_std"))
     c, size = store.images["train"].shape[1], store.images["train"].shape[-1]
     size = input_size(size, params["train"].get("crop"))
     seed_used = run_seed(network)
@@ -127,7 +128,8 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
     for folder in (network.dir, network.checkpoint.parent):
         ensure_writable(folder, need)
     recorded = {k: params[k] for k in ("dataset", "model", "train", "evaluate")}
-    recorded["compute"] = {k: compute.get(k) for k in ("threads", "channels_last")}
+    recorded["compute"] = {"threads": compute["threads"], "channels_last": compute.get("channels_last"),
+                           "precision": compute.get("precision", "float32"), "compile": compute.get("compile", False)}
     identity = {"network": network.slug, "split": split_name, "seed": seed, "run_seed": seed_used,
                 "params": recorded, "split_checksum": split_data["checksum"],
                 "store": {p: store.manifest["parts"][p]["files"] for p in ("train", "test")},
@@ -155,7 +157,7 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
 def half_target(store: Any, split_data: dict[str, Any], half: str, params: dict[str, Any]) -> Target:
     """A half of the dataset as an embedding target: the training subset the networks use, and the test set."""
     data = half_data(store, split_data, half, params["train"].get("images_per_class"),
-                     params["evaluate"].get("images_per_class"))
+                     params["evaluate"].get("images_per_class"), normalise=params["train"].get("normalise", "mean_std"))
     images = np.concatenate([data.x_train.numpy(), data.x_test.numpy()])
     labels = np.concatenate([data.y_train.numpy(), data.y_test.numpy()])
     is_train = np.arange(len(labels)) < len(data.y_train)
@@ -183,7 +185,8 @@ def extractor(params: dict[str, Any], job: FeatureJob, store: Any,
         return net, torchvision_alexnet_taps(net, list(range(1, 8))), IMAGENET_MEAN, IMAGENET_STD, \
             (3, TORCHVISION_SIDE), weights
     net = load_trained(params, job.trained, store, split_data)
-    return net, family_taps(net, list(range(1, 8))), store.mean, store.std, None, job.trained.file("model.pt")
+    mean, std = normalisation(store, params["train"].get("normalise", "mean_std"))
+    return net, family_taps(net, list(range(1, 8))), mean, std, None, job.trained.file("model.pt")
 
 
 def features(params: dict[str, Any], split_name: str, seed: int, network: str, target: str) -> Path:

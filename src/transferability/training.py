@@ -12,6 +12,7 @@ a restarted job continues from it and ends with the same metrics as an uninterru
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import platform
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .atomic import atomic_path
-from .data import HalfData, chunks, make_batch
+from .data import HalfData, batches, chunks, make_batch
 from .models import LAYER_NAMES, AlexNetFamily
 from .prefix import PrefixCache, build_cache, cacheable
 from .sgd import SGD
@@ -39,6 +40,13 @@ BIAS_LR_MULT = 2.0
 def versions() -> dict[str, str]:
     return {"transferability": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "python": platform.python_version()}
+
+
+def precision_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for the forward passes (tensor cores on a GPU), or nothing for float32."""
+    if precision == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def lr_at(step: int, total: int, train: dict[str, Any]) -> float:
@@ -59,7 +67,7 @@ def make_optimizer(net: AlexNetFamily, train: dict[str, Any]) -> SGD:
 
 
 @torch.no_grad()
-def evaluate(net: AlexNetFamily, data: HalfData, crop: int | None, channels_last: bool = False,
+def evaluate(net: torch.nn.Module, data: HalfData, crop: int | None, channels_last: bool = False,
              cache: PrefixCache | None = None, batch: int = 250) -> float:
     """Top-1 accuracy on the half's test images (centre crop, no flips).
 
@@ -129,10 +137,12 @@ def k_best(evals: list[dict[str, Any]], k: int) -> float:
 def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
           checkpoint: Path, tag: str, label: str) -> dict[str, Any]:
     """Train ``net`` on ``data`` under params' schedule; return the results and timing."""
-    tr, ev = params["train"], params["evaluate"]
-    channels_last = params["compute"].get("channels_last", False)
-    eval_batch = params["compute"].get("eval_batch", 250)
-    device = data.x_train.device
+    tr, ev, compute = params["train"], params["evaluate"], params["compute"]
+    channels_last = compute.get("channels_last", False)
+    eval_batch = compute.get("eval_batch", 250)
+    device = data.y_train.device
+    amp = precision_context(device, compute.get("precision", "float32"))
+    model = torch.compile(net) if compute.get("compile", False) else net  # shares net's parameters
     n_train = len(data.x_train)
     steps_per_epoch = math.ceil(n_train / tr["batch_size"])
     total = tr["epochs"] * steps_per_epoch
@@ -149,7 +159,8 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
     mode = params["compute"].get("frozen_prefix", "cache")
     if mode == "cache" and state.epoch < tr["epochs"] and cacheable(net, data, tr, params["compute"]):
         t = time.perf_counter()
-        cache = build_cache(net, data, tr.get("mirror", False), channels_last, eval_batch)
+        with amp:
+            cache = build_cache(net, data, tr.get("mirror", False), channels_last, eval_batch)
         built = time.perf_counter() - t
         state.cache_seconds += built
         state.train_seconds += built
@@ -162,17 +173,19 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
     while state.epoch < tr["epochs"]:
         order = torch.randperm(n_train, generator=gen).to(device)
         loss_sum, loss_n = torch.zeros((), device=device), 0
+        images = batches(data.x_train, order, tr["batch_size"]) if cache is None else None
         for i in range(steps_per_epoch):
             lr = lr_at(state.step, total, tr)
             for g in opt.param_groups:
                 g["lr"] = lr * g["lr_mult"]
             idx = order[i * tr["batch_size"] : (i + 1) * tr["batch_size"]]
-            if cache is None:
-                out = net(make_batch(data.x_train[idx], data, tr.get("crop"), tr.get("mirror", False), gen,
-                                     channels_last))
-            else:
-                out = cache.rest(cache.batch(idx, data, tr.get("mirror", False), gen))
-            loss = F.cross_entropy(out, data.y_train[idx])
+            with amp:
+                if images is not None:
+                    out = model(make_batch(next(images), data, tr.get("crop"), tr.get("mirror", False), gen,
+                                           channels_last))
+                else:
+                    out = cache.rest(cache.batch(idx, data, tr.get("mirror", False), gen))
+                loss = F.cross_entropy(out, data.y_train[idx])
             net.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -182,7 +195,8 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
             bar.update(1)
             if i + 1 in when:
                 t_eval = time.perf_counter()
-                top1 = evaluate(net, data, tr.get("crop"), channels_last, cache, eval_batch)
+                with amp:
+                    top1 = evaluate(model, data, tr.get("crop"), channels_last, cache, eval_batch)
                 state.eval_seconds += time.perf_counter() - t_eval
                 state.evals.append({"epoch": round(state.epoch + (i + 1) / steps_per_epoch, 4),
                                     "step": state.step, "lr": lr,
