@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from . import progress
 from .errors import UserError
 
 DIGITS_SIZE = 28
@@ -113,8 +113,9 @@ def extract(net: nn.Module, taps: dict[str, nn.Module], images: np.ndarray, mean
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     chunks: list[np.ndarray] = []
     index: list[dict[str, Any]] = []
+    bar = progress.bar(len(images), label, "img", unit_scale=True)
     try:
-        for i in tqdm(range(0, len(images), batch_size), desc=label, unit="batch", mininterval=5, ascii=True):
+        for i in range(0, len(images), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).float()
             if input_shape:
                 x = nn.functional.interpolate(x.expand(-1, c, -1, -1), size=input_shape[1], mode="bilinear",
@@ -127,6 +128,8 @@ def extract(net: nn.Module, taps: dict[str, nn.Module], images: np.ndarray, mean
                     width = tap.outputs[n].shape[1]
                     index.append({"layer": n, "start": start, "stop": start + width})
                     start += width
+            bar.update(len(x))
     finally:
+        bar.close()
         tap.remove()
     return np.concatenate(chunks), index

@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
-from tqdm import tqdm
 
-from . import runs
+from . import progress, runs
 from .atomic import atomic_dir, ensure_writable, write_bytes, write_json, write_text
 from .data import half_data, input_size, normalisation
 from .devices import resolve_device
@@ -246,7 +245,7 @@ def embed(params: dict[str, Any], split_name: str, seed: int, network: str, targ
     total = sum(len(v) for v in splits.values())
     # BLAS threads as params say: two OpenBLAS threads on these small matrices ran 3-10x slower than one
     with threadpool_limits(params["compute"]["threads"]), \
-            tqdm(total=total, desc=f"embed {job.name} on {target}", unit="split", ascii=True, mininterval=5) as bar:
+            progress.bar(total, f"embed {job.name} on {target}", "split") as bar:
         for size, folds in splits.items():
             accs = []
             for tr, te in folds:

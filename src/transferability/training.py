@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from . import __version__
+from . import __version__, progress
 from .atomic import atomic_path
 from .data import HalfData, batches, chunks, make_batch
 from .models import LAYER_NAMES, AlexNetFamily
@@ -167,8 +166,7 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
         print(f"{label}: frozen layers 1..{max(net.frozen)} run once: {cache.nbytes / 2**20:.0f} MiB cached "
               f"in {built:.1f} s", file=sys.stderr)
     net.train()
-    bar = tqdm(total=total, initial=state.step, desc=label, unit="step", file=sys.stderr, ascii=True,
-               mininterval=1 if sys.stderr.isatty() else 15, dynamic_ncols=False, ncols=100)
+    bar = progress.bar(tr["epochs"] * n_train, label, "img", initial=state.epoch * n_train, unit_scale=True)
     t0 = time.perf_counter()
     while state.epoch < tr["epochs"]:
         order = torch.randperm(n_train, generator=gen).to(device)
@@ -192,7 +190,7 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
             loss_sum += loss.detach() * len(idx)
             loss_n += len(idx)
             state.step += 1
-            bar.update(1)
+            bar.update(len(idx))
             if i + 1 in when:
                 t_eval = time.perf_counter()
                 with amp:
@@ -202,7 +200,7 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
                                     "step": state.step, "lr": lr,
                                     "train_loss": round(loss_sum.item() / loss_n, 6), "top1": top1})
                 loss_sum, loss_n = torch.zeros((), device=device), 0
-                bar.set_postfix(top1=f"{top1:.4f}", refresh=False)
+                bar.set_postfix(epoch=f"{state.epoch + 1}/{tr['epochs']}", top1=f"{top1:.4f}", refresh=False)
         state.epoch += 1
         state.train_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
