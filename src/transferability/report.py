@@ -13,7 +13,7 @@ import io
 import json
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 from typing import Any
 
 import matplotlib
@@ -258,15 +258,22 @@ def sizes(embedding: dict[str, Any]) -> list[str]:
 
 
 def fne_table(embeds: list[dict[str, Any]], baselines: list[str]) -> tuple[list[str], list[list[Any]]]:
-    """The FNE paper's table: rows fc6, fc7, full network; a column per target and training size."""
-    cols = [(e, size) for e in embeds for size in sizes(e)]
-    header = ["features"] + [f"{e['network']} -> {e['target']} ({size.replace('_', ' ')})" for e, size in cols]
+    """The FNE paper's table: rows fc6, fc7, full network; a column per extractor, target and training
+    size. Over several replicates (splits, seeds) a cell is their mean ± std; from one, the mean ± std
+    over its own random training splits (digits)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for e in embeds:
+        for size in sizes(e):
+            groups[(e["network"], e["target"], size)].append(e["results"][size])
+    header = ["features"] + [f"{net} -> {target} ({size.replace('_', ' ')})" for net, target, size in groups]
     table = []
     for method, label in [(b, b) for b in baselines] + [("full_network", "full network (FNE)")]:
         row: list[Any] = [label]
-        for e, size in cols:
-            r = e["results"][size][method]
-            row.append(f"{r['mean']:.4f}" + (f" ± {r['std']:.4f}" if r["runs"] > 1 else ""))
+        for results in groups.values():
+            rs = [r[method] for r in results]
+            avg, std = (mean(r["mean"] for r in rs), stdev(r["mean"] for r in rs)) if len(rs) > 1 else \
+                (rs[0]["mean"], rs[0]["std"] if rs[0]["runs"] > 1 else None)
+            row.append(f"{avg:.4f}" + (f" ± {std:.4f}" if std is not None else ""))
         table.append(row)
     return header, table
 
