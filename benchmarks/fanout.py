@@ -4,6 +4,9 @@ Each commit is cloned into a temporary folder and run with ``snakemake --cores a
 tools (this checkout's virtual environment, the package imported from the clone's src/). Prints the
 wall time of each, per-rule busy time parsed from Snakemake's log, and whether every network's
 accuracy and every embedding accuracy came out identical.
+
+The workload is each clone's ``workflow/params/single.yaml`` (one split, one seed: 37 networks), or its
+``params.yaml`` where it has none: before the default grew replicates, that was the same experiment.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def run(ref: str, where: Path) -> dict[str, Any]:
                          text=True).stdout.strip()
     env = {**os.environ, "PYTHONPATH": str(dest / "src"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    single = dest / "workflow" / "params" / "single.yaml"
+    if single.exists():
+        (dest / "params.yaml").write_text(single.read_text())
     print(f"{ref} ({sha[:10]}): snakemake --cores all in {dest}", flush=True)
     t = time.perf_counter()
     proc = subprocess.run(["snakemake", "--cores", "all"], cwd=dest, env=env, capture_output=True, text=True)
@@ -76,6 +82,8 @@ def run(ref: str, where: Path) -> dict[str, Any]:
     params = yaml.safe_load((dest / "params.yaml").read_text())
     experiment = {k: params.get(k) for k in EXPERIMENT}
     experiment["splits"] = {k: params["splits"][k] for k in params["experiment"]["splits"]}  # the ones used
+    if not experiment["experiment"].get("dissimilar", {}).get("splits"):  # an empty control is no control
+        experiment["experiment"].pop("dissimilar", None)
     return {"ref": ref, "commit": sha, "wall_s": wall, "rules": rule_times(proc.stderr),
             "experiment_params": experiment, **accuracies(dest)}
 
