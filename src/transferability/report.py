@@ -109,18 +109,31 @@ def study_points(split: str, target: str) -> list[dict[str, Any]]:
     return out
 
 
+BAND_RUNS = 3  # a t interval from two runs (t = 12.7) says little: per-split bands need three seeds
+
+
 def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], overlay: bool,
-            path: Path) -> None:
-    """Top-1 against n: a point per run, a mean line per variant, the base as a band."""
+            path: Path, pooled_splits: list[str] | None = None) -> None:
+    """Top-1 against n. First, when several replicates exist, every role pooled over the random
+    splits and both directions as the study pooled them (relative to each replicate's base, with
+    95% bands); then a panel per split and target half: a point per run, a mean line per variant."""
     panels = sorted({(r["split"], r["target"]) for r in rows if not r["family"].startswith("base")})
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 5.2), squeeze=False)
-    for ax, (split, target) in zip(axes[0], panels, strict=True):
+    reps = [rep for (split, _, _), rep in replicates(rows).items() if split in (pooled_splits or [])]
+    pooled = len(reps) > 1
+    cols = min(4, len(panels) + pooled)
+    nrows = -(-(len(panels) + pooled) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 5 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels) + pooled :]:
+        ax.set_visible(False)
+    if pooled:
+        _pooled_panel(axes.flat[0], rows, pooled_splits or [], len(reps))
+    for ax, (split, target) in zip(axes.flat[pooled:], panels, strict=False):
         base = [r["top1_kbest"] for r in rows if r["split"] == split and r["family"] == f"base{target}"]
         lo, hi = summary[(split, f"base{target}", 0)]["ci95"]
-        lo, hi = (min(base), max(base)) if lo is None else (lo, hi)
-        ax.axhspan(lo - 0.0005, hi + 0.0005, color="#dddddd", zorder=0)
+        if len(base) >= BAND_RUNS:
+            ax.axhspan(lo, hi, color="#dddddd", zorder=0)
         ax.axhline(mean(base), color="#555555", lw=1, zorder=1,
-                   label=f"base{target} (mean, {'95% interval' if len(base) > 1 else 'one run'})")
+                   label=f"base{target} (mean of {len(base)})")
         ax.scatter([0] * len(base), base, color="white", edgecolor="black", zorder=3, s=36)
         families = sorted({r["family"] for r in rows if r["split"] == split and r["target"] == target
                            and not r["family"].startswith("base")}, key=lambda f: list(STYLE).index(role(f, target)))
@@ -133,7 +146,8 @@ def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], ov
             ns = sorted({r["n"] for r in pts})
             ax.plot(ns, [summary[(split, fam, n)]["top1_kbest"] for n in ns], color=color, ls=ls, lw=1.8,
                     label=fam, zorder=2)
-            _band(ax, [summary[(split, fam, n)]["ci95"] for n in ns], ns, color)
+            if min(summary[(split, fam, n)]["runs"] for n in ns) >= BAND_RUNS:
+                _band(ax, [summary[(split, fam, n)]["ci95"] for n in ns], ns, color)
         if overlay:
             study = study_points(split, target)
             for rl in ("TnT", "TnT+", "SnT", "SnT+"):
@@ -154,6 +168,23 @@ def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], ov
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def _pooled_panel(ax: Any, rows: list[dict[str, Any]], splits: list[str], count: int) -> None:
+    """Every role's top-1 minus its replicate's base, mean and 95% interval over the replicates."""
+    ax.axhline(0, color="#555555", lw=1, label="base (each replicate's own)")
+    for rl, (color, marker, ls) in STYLE.items():
+        ns, drops, cis = _role_curve(rows, splits, rl, True)
+        if ns:
+            ax.plot(ns, [-d for d in drops], color=color, marker=marker, ls=ls, lw=1.8, label=rl)
+            _band(ax, [(-hi, -lo) for lo, hi in cis], ns, color)
+    ax.set_xlim(-0.4, 7.4)
+    ax.set_xticks(range(8))
+    ax.set_xlabel("n: layers copied from the source network")
+    ax.set_ylabel("top-1 minus the base's (mean, 95% interval)")
+    ax.set_title(f"pooled: {', '.join(splits)}, both halves as targets ({count} replicates)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left", ncol=2)
 
 
 def _band(ax: Any, intervals: list[tuple[float | None, float | None]], ns: list[int], color: str) -> None:
@@ -446,7 +477,7 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
         w.writeheader()
         w.writerows(r["evals"])
         write_text(Path(runs.REPORT_CURVES) / f"{r['split']}-seed{r['seed']}-{r['slug']}.csv", buf.getvalue())
-    figure2(rows, summary, params.get("report", {}).get("overlay_study", False), out / "figure2.png")
+    figure2(rows, summary, params.get("report", {}).get("overlay_study", False), out / "figure2.png", random_splits)
     curves_figure(rows, out / "curves.png")
     seeds = params["experiment"]["seeds"]
     intro = (f"{len(rows)} networks on {params['dataset']['name']} ({params['model']['arch']} model), "
