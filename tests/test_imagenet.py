@@ -3,6 +3,7 @@ step on CPU through the same path a GPU takes (streamed 256x256 store, 227 crops
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -40,3 +41,30 @@ def test_imagenet_profile_reads_the_studys_lists(tmp_path):
     assert params["splits"]["natman"]["A"] == {"file": "half_nat_idx.txt"}
     assert params["experiment"]["dissimilar"]["splits"] == ["natman"]
     assert [params["splits"][f"random{s}"]["seed"] for s in range(4)] == [0, 1, 2, 3]
+
+
+def test_caffenet_trains_on_an_imagenet_shaped_tree_on_cpu(tmp_path, monkeypatch):
+    """The imagenet profile end to end at toy scale: a flat val folder, the bad-file kinds, 256x256
+    store, streamed halves, 227 crops, mean subtraction, CaffeNet base and a transfer network."""
+    from transferability import stages
+
+    from .test_prepare_imagenet import WNIDS, make_imagenet
+
+    make_imagenet(tmp_path / "ilsvrc", flat_val=True)
+    params = tparams.load(PROFILES / "imagenet.yaml")
+    params["dataset"]["root"] = str(tmp_path / "ilsvrc")
+    params["splits"]["tiny"] = {"method": "lists", "A": WNIDS[:2], "B": WNIDS[2:]}
+    params["train"].update(epochs=1, batch_size=4)
+    params["evaluate"].update(evals_per_epoch=2, k_best=1)
+    params["compute"].update(device="cpu", threads=2, precision="float32", compile=False, resident_gb=0)
+    tparams.validate(params)
+    monkeypatch.chdir(tmp_path)
+    stages.prepare(params)
+    stages.split(params, "tiny")
+    for variant, n in (("baseA", None), ("AnB", 5)):
+        net = stages.train_network(params, "tiny", 0, variant, n)
+        metrics = json.loads(net.file("metrics.json").read_text())
+        assert metrics["params"]["model"]["arch"] == "caffenet" and metrics["params"]["train"]["crop"] == 227
+        assert metrics["num_test"] == 4 and len(metrics["evals"]) == 2  # two val images per class, flat folder
+        assert 0 <= metrics["top1_kbest"] <= 1
+    assert metrics["frozen_layers"] == [1, 2, 3, 4, 5] and metrics["num_train"] == 7  # 3 + 4 images of half B

@@ -159,7 +159,7 @@ def test_killed_prepare_and_features_resume_without_redoing_shards(tmp_path, par
     f.write_text(yaml.safe_dump(params))
     ref, ws = prepared_workspace(tmp_path / "ref", f), make_workspace(tmp_path / "ws", f)
     prepare = ["transferability", "prepare"]
-    err = kill_after_shards(ws, prepare, "data/prepared/.tree.shards/train/*/shard-*.npy", 3)
+    err = kill_after_shards(ws, prepare, "data/prepared/.tree.shards/train/*/shard-*.json", 3)
     assert re.search(r"prepare train: resuming, [3-9] of 9 shards already done", err), err
     for name in ("train_images.npy", "test_images.npy", "train_labels.npy", "manifest.json"):
         assert (ws / "data/prepared/tree" / name).read_bytes() == (ref / "data/prepared/tree" / name).read_bytes()

@@ -1,18 +1,31 @@
-"""Dataset sources: each turns files a user already has into arrays for the store."""
+"""Dataset sources: each turns files a user already has into the arrays or files of the store.
+
+Fashion-MNIST is small and read into memory. An image folder (ImageNet's ILSVRC-2012 layouts) is
+decoded once, resized as the study did, straight into the images file the store will hold: by a
+pool of processes, in resumable shards (shards.py), each unreadable file reported by its path.
+"""
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
+import json
+import os
 import struct
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+import PIL
+from PIL import Image
 
+from . import progress
+from .atomic import write_json
 from .errors import UserError
-from .params import digest
-from .shards import sharded_rows
+from .shards import Imap, fill_npy, key_folder, worker_pool
+from .store import ImagesFile
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -23,8 +36,12 @@ FASHION_MNIST_FILES = {
     ("test", "labels"): "t10k-labels-idx1-ubyte.gz",
 }
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+REFERENCE = Path(__file__).with_name("reference")
+# What Pillow raises on a file it cannot read: a broken header, truncated data, an absurd size.
+UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
+BAD_IMAGE_FIX = "remove or replace the file, or set dataset.on_bad_image: skip to leave such files out"
 
-Arrays = tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, Any]], dict[str, Any]]
+Arrays = tuple[dict[str, Any], dict[str, np.ndarray], list[dict[str, Any]], dict[str, Any]]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -58,16 +75,77 @@ def fashion_mnist(root: str | Path) -> Arrays:
     return images, labels, classes, {"source": "fashion_mnist", "root": str(root)}
 
 
-def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """Decode any Pillow-readable file (CMYK, grayscale, palette too) into (C, size, size) uint8."""
+# --- decoding one image -----------------------------------------------------------------------
+
+def decode_image(path: str | Path, size: int, mode: str) -> Image.Image:
+    """One file as a ``size`` x ``size`` image in ``mode`` (RGB or L), aspect ratio ignored (the study's
+    256x256), bilinear. Any file Pillow reads works: CMYK JPEGs (Adobe-inverted too), grayscale,
+    palette, a PNG named .JPEG. A JPEG at least twice the size is decoded at 1/2, 1/4 or 1/8 scale
+    inside libjpeg (Pillow's draft: a fraction of the work, still at least ``size`` on each side)."""
+    with Image.open(path) as im:
+        im.draft(mode, (size, size))
+        if im.mode != mode:
+            im = im.convert(mode)
+        return im.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def planes(im: Image.Image) -> bytes:
+    """The image's bytes channel by channel (C, H, W), as the store holds them."""
+    return b"".join(im.tobytes("raw", band) for band in im.getbands()) if len(im.getbands()) > 1 else im.tobytes()
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".replace("\n", " ")
+
+
+def check_header(path: str) -> str | None:
+    """Why Pillow cannot even open ``path`` (empty, not an image, absurd size), or None: the cheap check."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UserError(f"cannot read image {path} ({exc}); remove or replace the file") from exc
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+        with Image.open(path):
+            return None
+    except UNREADABLE as exc:
+        return _reason(exc)
+
+
+def _check_files(task: tuple[int, list[str]]) -> list[tuple[int, str]]:
+    start, files = task
+    return [(start + i, r) for i, f in enumerate(files) if (r := check_header(f)) is not None]
+
+
+def _decode_shard(task: tuple[str, int, list[str]], size: int, mode: str) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    """Decode a shard's files into the rows of ``path`` from byte ``offset`` (fill_npy's worker).
+
+    Returns the pixel-value counts per channel (the store's statistics, exact) and the files it
+    could not read (index in the shard, reason)."""
+    path, offset, files = task
+    row = len(mode) * size * size
+    hist = np.zeros(256 * len(mode), np.int64)
+    failed = []
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for i, f in enumerate(files):
+            try:
+                im = decode_image(f, size, mode)
+            except UNREADABLE as exc:
+                failed.append((i, _reason(exc)))
+                continue
+            hist += im.histogram()
+            os.pwrite(fd, planes(im), offset + i * row)
+    finally:
+        os.close(fd)
+    return hist, failed
+
+
+# --- the folder layouts -----------------------------------------------------------------------
+
+def ilsvrc_synsets() -> list[str]:
+    """The 1000 ILSVRC-2012 wnids in class-index order (sorted), as the study numbered them."""
+    return (REFERENCE / "synsets.txt").read_text().split()
+
+
+def _image_files(folder: Path) -> list[str]:
+    return sorted(e.path for e in os.scandir(folder)
+                  if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
 
 
 def _class_folders(part_dir: Path) -> list[Path]:
@@ -76,41 +154,173 @@ def _class_folders(part_dir: Path) -> list[Path]:
     return sorted(p for p in part_dir.iterdir() if p.is_dir())
 
 
-def imagefolder(root: str | Path, size: int, channels: int, work: Path, shard: int = 4096) -> Arrays:
-    """Read ``root/train/<class>/*`` and ``root/val/<class>/*``; classes are the train folders, sorted.
+def labels_file(name: str, root: Path) -> Path:
+    """``name`` as given, else inside the dataset root, else the study's copy shipped with the package."""
+    for path in (Path(name), root / name, REFERENCE / name, REFERENCE / f"{name}.gz"):
+        if path.is_file():
+            return path
+    raise UserError(f"dataset.val_labels: {name} not found (nor in {root} or {REFERENCE}); give its path")
 
-    Images are decoded in shards of ``shard`` kept under ``work``: a killed prepare resumes there."""
-    root = Path(root)
+
+def read_val_labels(path: Path, ids: list[str]) -> dict[str, int]:
+    """File name -> class index from lines 'FILE LABEL' (the study's whole_valid_files.txt); -1: a
+    class the training set lacks. LABEL is an ILSVRC-2012 class index (synsets.txt order) when the
+    classes are wnids, else an index into the sorted classes; or the class folder name itself."""
+    index = {c: i for i, c in enumerate(ids)}
+    names = ilsvrc_synsets() if set(ids) <= set(ilsvrc_synsets()) else ids
+    opener = gzip.open if path.suffix == ".gz" else open
+    table = {}
+    with opener(path, "rt") as f:
+        for n, line in enumerate(f, 1):
+            if not (fields := line.split()):
+                continue
+            if len(fields) != 2:
+                raise UserError(f"{path}, line {n}: expected 'FILE LABEL', got {line.strip()!r}")
+            file, label = fields
+            if label.isdigit():
+                if int(label) >= len(names):
+                    raise UserError(f"{path}, line {n}: class index {label} is outside 0..{len(names) - 1}")
+                label = names[int(label)]
+            table[file] = index.get(label, -1)
+    return table
+
+
+def list_imagefolder(root: Path, val_labels: str | None) -> tuple[list[str], dict[str, tuple[list[str], np.ndarray]],
+                                                                   dict[str, Any]]:
+    """Class ids and, per part, the files in store order with their labels.
+
+    train is ``root/train/<class>/*``; val is ``root/val/<class>/*``, or flat ``root/val/*`` (the
+    ILSVRC-2012 archive as extracted) labelled by ``val_labels``. Classes are the train folders
+    sorted, which for ImageNet's wnids is the standard (and the study's) class-index order. Either
+    val layout gives the same order: by class, then by file name."""
     folders = _class_folders(root / "train")
     if not folders:
         raise UserError(f"{root / 'train'} has no class folders")
     ids = [p.name for p in folders]
     index = {c: i for i, c in enumerate(ids)}
-    images, labels = {}, {}
-    for part, sub in (("train", "train"), ("test", "val")):
-        files: list[tuple[Path, int]] = []
-        for folder in _class_folders(root / sub):
+    parts: dict[str, tuple[list[str], np.ndarray]] = {}
+    layout: dict[str, Any] = {"val": "folders"}
+    val_folders = _class_folders(root / "val")
+    flat = _image_files(root / "val")
+    if flat and val_folders:
+        raise UserError(f"{root / 'val'} holds both images and class folders: keep one layout")
+    for part, folder_list in (("train", folders), ("test", val_folders)):
+        if part == "test" and flat:
+            continue
+        files: list[str] = []
+        labels: list[int] = []
+        for folder in folder_list:
             if folder.name not in index:
                 raise UserError(f"{folder} is a class that {root / 'train'} does not have")
-            found = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = _image_files(folder)
             if not found:
                 raise UserError(f"class folder {folder} holds no images; remove it or add images")
-            files += [(f, index[folder.name]) for f in found]
-        def decode(start: int, stop: int, files: list[tuple[Path, int]] = files) -> np.ndarray:
-            x = np.empty((stop - start, channels, size, size), dtype=np.uint8)
-            for i, (f, _) in enumerate(files[start:stop]):
-                x[i] = load_image(f, size, channels)
-            return x
+            files += found
+            labels += [index[folder.name]] * len(found)
+        parts[part] = (files, np.array(labels, dtype=np.int64))
+    if flat:
+        if not val_labels:
+            raise UserError(f"{root / 'val'} holds its images directly (the ILSVRC-2012 archive as extracted): "
+                            "set dataset.val_labels: whole_valid_files.txt to label them")
+        path = labels_file(val_labels, root)
+        table = read_val_labels(path, ids)
+        for f in flat:
+            label = table.get(os.path.basename(f))
+            if label is None:
+                raise UserError(f"{f} is not listed in {path}: remove it, or give a labels file that lists it")
+            if label < 0:
+                raise UserError(f"{f} is of a class that {root / 'train'} does not have (per {path})")
+        by_class = sorted(flat, key=lambda f: (table[os.path.basename(f)], f))
+        missing = sum(label >= 0 for label in table.values()) - len(flat)
+        if missing:
+            print(f"note: {path} lists {missing} images of the training classes that {root / 'val'} lacks",
+                  file=sys.stderr)
+        parts["test"] = (by_class, np.array([table[os.path.basename(f)] for f in by_class], dtype=np.int64))
+        layout = {"val": "flat", "val_labels": str(path)}
+    elif not val_folders:
+        raise UserError(f"{root / 'val'} holds no class folders and no images")
+    elif val_labels:
+        print(f"note: {root / 'val'} holds class folders, which label it: dataset.val_labels is not used",
+              file=sys.stderr)
+    return ids, parts, layout
 
-        key = digest([part, size, channels, [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f, _ in files]])
-        images[part] = sharded_rows(work / part, key, len(files), shard, decode, f"prepare {part}")
-        labels[part] = np.array([y for _, y in files], dtype=np.int64)
+
+# --- decoding a folder into the store's images files --------------------------------------------
+
+def _listing_key(part: str, files: list[str], size: int, channels: int, shard: int) -> str:
+    """A digest of what the decoded rows depend on: the files (path, size, mtime), the size, the
+    shard layout and the decoding code (this file, Pillow's version)."""
+    h = hashlib.sha256(json.dumps([part, size, channels, shard, PIL.__version__,
+                                   hashlib.sha256(Path(__file__).read_bytes()).hexdigest()]).encode())
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _check_all(folder: Path, files: list[str], imap: Imap, desc: str, chunk: int = 256) -> list[tuple[int, str]]:
+    """Open every file's header before any decoding (cached in ``folder``): the empty, the
+    non-images and the absurd are known in seconds, not hours into the run."""
+    cached = folder / "unreadable.json"
+    if cached.exists():
+        return [(int(i), r) for i, r in json.loads(cached.read_text())]
+    bad = []
+    with progress.bar(len(files), desc, "file") as bar:
+        for found in imap(_check_files, [(s, files[s : s + chunk]) for s in range(0, len(files), chunk)]):
+            bad += found
+            bar.update(min(chunk, len(files) - bar.n))
+    write_json(cached, bad)
+    return bad
+
+
+def _decode_part(part: str, files: list[str], labels: np.ndarray, size: int, channels: int, work: Path,
+                 shard: int, skip: bool, imap: Imap) -> tuple[ImagesFile, np.ndarray]:
+    folder = key_folder(work / part, _listing_key(part, files, size, channels, shard))
+    bad = _check_all(folder, files, imap, f"check {part}")
+    if bad and not skip:
+        for i, reason in bad:
+            print(f"unreadable: {files[i]} ({reason})", file=sys.stderr)
+        more = f" (and {len(bad) - 1} more, listed above)" if len(bad) > 1 else ""
+        raise UserError(f"cannot read {files[bad[0][0]]} ({bad[0][1]}){more}; {BAD_IMAGE_FIX}")
+    drop = {i for i, _ in bad}
+    keep = [i for i in range(len(files)) if i not in drop]
+    if not keep:
+        raise UserError(f"every image of {part} is unreadable: check the dataset")
+    mode = "L" if channels == 1 else "RGB"
+    filled = fill_npy(folder, [files[i] for i in keep], (channels, size, size), shard,
+                      functools.partial(_decode_shard, size=size, mode=mode), imap, skip, BAD_IMAGE_FIX,
+                      f"prepare {part}")
+    failed = {keep[i]: r for i, r in filled.failed}
+    skipped = sorted([(i, r) for i, r in bad] + list(failed.items()))
+    for i, reason in skipped:
+        print(f"skipped unreadable image {files[i]} ({reason})", file=sys.stderr)
+    kept = np.array([i for i in keep if i not in failed], dtype=np.int64)
+    if not len(kept):
+        raise UserError(f"every image of {part} is unreadable: check the dataset")
+    images = ImagesFile(filled.path, filled.shape, filled.sha256, filled.stats.reshape(channels, 256),
+                        [(files[i], r) for i, r in skipped])
+    return images, labels[kept]
+
+
+def imagefolder(root: str | Path, size: int, channels: int, work: Path, shard: int = 1024, workers: int = 1,
+                val_labels: str | None = None, on_bad_image: str = "fail") -> Arrays:
+    """An image folder decoded to ``size`` x ``size`` into ``work``, resumable: a killed run restarts
+    where it stopped. Images come back as ``ImagesFile``s for ``write_store`` to take over."""
+    root = Path(root)
+    ids, parts, layout = list_imagefolder(root, val_labels)
+    images, labels = {}, {}
+    with worker_pool(workers) as imap:
+        for part, (files, part_labels) in parts.items():
+            images[part], labels[part] = _decode_part(part, files, part_labels, size, channels, work, shard,
+                                                      on_bad_image == "skip", imap)
     classes = [{"index": i, "id": c, "name": c} for i, c in enumerate(ids)]
-    return images, labels, classes, {"source": "imagefolder", "root": str(root), "image_size": size}
+    source = {"source": "imagefolder", "root": str(root), "image_size": size, **layout}
+    return images, labels, classes, source
 
 
-def read_source(dataset: dict[str, Any], work: Path) -> Arrays:
+def read_source(dataset: dict[str, Any], work: Path, workers: int = 1) -> Arrays:
     if dataset["source"] == "fashion_mnist":
         return fashion_mnist(dataset["root"])
     return imagefolder(dataset["root"], dataset["image_size"], dataset.get("channels", 3), work,
-                       dataset.get("shard_images", 4096))
+                       dataset.get("shard_images", 1024), workers, dataset.get("val_labels"),
+                       dataset.get("on_bad_image", "fail"))

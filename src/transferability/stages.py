@@ -46,14 +46,20 @@ from .transfer import make_network
 
 
 def prepare(params: dict[str, Any]) -> Path:
+    """The dataset source as the store; an image folder is decoded by compute.threads processes into
+    resumable shards beside the store, which the finished store takes over without a copy."""
     dest = runs.prepared_path(params)
     work = dest.with_name(f".{dest.name}.shards")
-    images, labels, classes, source = read_source(params["dataset"], work)
-    ensure_writable(dest.parent, sum(a.nbytes for a in [*images.values(), *labels.values()]))
+    images, labels, classes, source = read_source(params["dataset"], work, params["compute"]["threads"])
+    # decoded images files are linked into the store, not copied: only in-memory arrays need room
+    ensure_writable(dest.parent, sum(a.nbytes for a in [*images.values(), *labels.values()]
+                                     if isinstance(a, np.ndarray)))
     manifest = write_store(dest, images, labels, classes, source)
     shutil.rmtree(work, ignore_errors=True)
     counts = {p: manifest["parts"][p]["count"] for p in manifest["parts"]}
     print(f"prepared {dest}: {len(classes)} classes, {counts}", file=sys.stderr)
+    if skipped := sum(manifest["parts"][p]["skipped"] for p in manifest["parts"]):
+        print(f"{skipped} unreadable images left out, listed in {dest / 'skipped.txt'}", file=sys.stderr)
     return dest
 
 

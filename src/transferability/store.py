@@ -2,14 +2,21 @@
 
 Training slices these arrays directly (memory-mapped, nanoGPT-style), so no image is decoded
 twice. The manifest records counts, shapes, checksums and the training set's channel statistics;
-a store whose files no longer match it is refused.
+a store whose files no longer match it is refused. Images come either as arrays in memory
+(Fashion-MNIST) or as an ``ImagesFile`` the image decoder has already written in full (ImageNet:
+250 GB, never held in memory), which the store takes over by a hard link instead of a copy.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
-from dataclasses import dataclass
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +26,7 @@ from .atomic import atomic_dir
 from .errors import UserError
 
 PARTS = ("train", "test")
+NPY_HEADER = 128  # bytes: numpy's own v1.0 header for any 1- to 4-d array of up to 10**15 rows
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -27,6 +35,33 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def npy_header(shape: tuple[int, ...], dtype: Any = np.uint8) -> bytes:
+    """numpy's .npy v1.0 header for a C-order array, padded to NPY_HEADER bytes.
+
+    A fixed length lets a writer put the rows first and settle the row count later."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+    text = buf.getvalue()[10:].rstrip(b" \n")
+    if len(text) > NPY_HEADER - 11:
+        raise ValueError(f"shape {shape} does not fit a {NPY_HEADER}-byte .npy header")
+    return b"\x93NUMPY\x01\x00" + (NPY_HEADER - 10).to_bytes(2, "little") + text.ljust(NPY_HEADER - 11) + b"\n"
+
+
+@dataclass(frozen=True)
+class ImagesFile:
+    """A complete (N, C, H, W) uint8 .npy written by the image decoder, with what the store records."""
+
+    path: Path
+    shape: tuple[int, ...]
+    sha256: str
+    hist: np.ndarray  # (C, 256): how many pixels of each channel have each value
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): unreadable, left out
+
+    def __len__(self) -> int:
+        return self.shape[0]
 
 
 @dataclass
@@ -58,37 +93,54 @@ def save_npy(path: Path, arr: np.ndarray, rows: int = 1024) -> None:
             f.write(arr[i : i + rows].data)
 
 
-def _channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images, in float64 and in chunks (ImageNet-sized safe)."""
-    c = images.shape[1]
-    total, sq, count = np.zeros(c), np.zeros(c), 0
+def channel_hist(images: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """(C, 256) counts of each uint8 value per channel, in chunks: exact, and ImageNet-sized safe."""
+    hist = np.zeros((images.shape[1], 256), np.int64)
     for i in range(0, len(images), chunk):
-        x = images[i : i + chunk].astype(np.float64)
-        total += x.sum(axis=(0, 2, 3))
-        sq += (x**2).sum(axis=(0, 2, 3))
-        count += x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / count
-    std = np.sqrt(np.maximum(sq / count - mean**2, 1e-12))
+        x = images[i : i + chunk]
+        for c in range(len(hist)):
+            hist[c] += np.bincount(x[:, c].ravel(), minlength=256)
+    return hist
+
+
+def hist_stats(hist: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std from value counts: integer sums, so equal in any shard order."""
+    values = np.arange(256, dtype=np.int64)
+    count = hist.sum(axis=1)
+    mean = (hist @ values) / count
+    std = np.sqrt(np.maximum((hist @ values**2) / count - mean**2, 1e-12))
     return mean.tolist(), std.tolist()
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Give ``dst`` the decoded file: a hard link (no copy of 250 GB), or a copy across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            raise
+        shutil.copyfile(src, dst)
 
 
 def write_store(
     dest: str | Path,
-    images: dict[str, np.ndarray],
+    images: Mapping[str, np.ndarray | ImagesFile],
     labels: dict[str, np.ndarray],
     classes: list[dict[str, Any]],
     source: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write a complete store atomically and return its manifest."""
+    """Write a complete store atomically and return its manifest; unreadable images that the
+    source left out are listed in ``skipped.txt`` inside it."""
     for part in PARTS:
         x, y = images[part], labels[part]
-        if x.dtype != np.uint8 or x.ndim != 4:
+        if isinstance(x, np.ndarray) and (x.dtype != np.uint8 or x.ndim != 4):
             raise ValueError(f"{part} images must be uint8 (N, C, H, W), got {x.dtype} {x.shape}")
         if len(x) != len(y):
             raise ValueError(f"{part}: {len(x)} images but {len(y)} labels")
         if len(y) and (y.min() < 0 or y.max() >= len(classes)):
             raise UserError(f"{part} labels fall outside 0..{len(classes) - 1}: the source is inconsistent")
-    mean, std = _channel_stats(images["train"])
+    train = images["train"]
+    mean, std = hist_stats(train.hist if isinstance(train, ImagesFile) else channel_hist(train))
     manifest: dict[str, Any] = {
         "format": 1,
         "source": source,
@@ -97,16 +149,26 @@ def write_store(
         "train_std": std,
         "parts": {},
     }
+    skipped = [(part, *s) for part in PARTS if isinstance(images[part], ImagesFile) for s in images[part].skipped]
     with atomic_dir(dest) as tmp:
         for part in PARTS:
+            x = images[part]
             counts = np.bincount(labels[part], minlength=len(classes)).tolist()
-            entry = {"count": int(len(labels[part])), "shape": list(images[part].shape[1:]),
-                     "per_class": counts, "files": {}}
-            for kind, arr in (("images", images[part]), ("labels", labels[part].astype(np.int64))):
-                f = tmp / f"{part}_{kind}.npy"
-                save_npy(f, arr)
-                entry["files"][kind] = {"file": f.name, "sha256": sha256_file(f)}
+            entry = {"count": int(len(labels[part])), "shape": list(x.shape[1:]), "per_class": counts,
+                     "skipped": sum(s[0] == part for s in skipped), "files": {}}
+            f = tmp / f"{part}_images.npy"
+            if isinstance(x, ImagesFile):
+                _link_or_copy(x.path, f)
+                entry["files"]["images"] = {"file": f.name, "sha256": x.sha256}
+            else:
+                save_npy(f, x)
+                entry["files"]["images"] = {"file": f.name, "sha256": sha256_file(f)}
+            f = tmp / f"{part}_labels.npy"
+            save_npy(f, labels[part].astype(np.int64))
+            entry["files"]["labels"] = {"file": f.name, "sha256": sha256_file(f)}
             manifest["parts"][part] = entry
+        if skipped:
+            (tmp / "skipped.txt").write_text("".join(f"{p}\t{f}\t{r}\n" for p, f, r in skipped))
         (tmp / "classes.json").write_text(json.dumps(classes, indent=2) + "\n")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

@@ -6,6 +6,7 @@ rule prepare:
     params:
         file=PARAMS_FILE,
         digest=params_digest("dataset"),
+    threads: THREADS
     resources:
         mem_mb=4000,
         runtime=30,
