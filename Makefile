@@ -6,11 +6,14 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SLURM := /usr/sbin/slurmctld
+# A headless browser for tests/test_browser.py: chromium-driver brings chromium with it.
+BROWSER := /usr/bin/chromedriver
 CORES ?= all
 
 .PHONY: setup run test lint clean
 
-setup: $(VENV)/.installed $(FMNIST)
+setup: $(VENV)/.installed $(FMNIST) $(BROWSER) $(SLURM)
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +25,15 @@ $(VENV)/.installed: pyproject.toml
 $(FMNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+# Slurm and munge for tests/test_slurm.py, which starts its own one-node cluster (no daemon, nothing in /etc).
+$(SLURM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge
+
+$(BROWSER):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-dejavu-core
 
 run: setup
 	snakemake --cores $(CORES)

@@ -70,3 +70,27 @@ def make_workspace(dest: Path, params_file: Path = SMOKE) -> Path:
     subprocess.run(["git", "-c", "user.email=t@example.org", "-c", "user.name=test", "commit", "-qam",
                     "dvc init"], **run)
     return dest
+
+
+def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+# The smoke DAG run once per test session, under each tool; test_workflow, test_dvc_remote,
+# test_snakemake_report and test_browser all read the same finished workspaces.
+@pytest.fixture(scope="session")
+def snakemake_ws(tmp_path_factory):
+    ws = make_workspace(tmp_path_factory.mktemp("snakemake"))
+    sh(["snakemake", "--cores", "2"], ws)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def dvc_ws(tmp_path_factory):
+    ws = make_workspace(tmp_path_factory.mktemp("dvc"))
+    sh(["dvc", "repro"], ws)
+    return ws

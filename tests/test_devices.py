@@ -56,3 +56,15 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="compute.device is 'cuda' but torch finds no CUDA device"):
         resolve_device("cuda", tmp_path)
     assert resolve_device("auto", tmp_path).type == "cpu"
+
+
+def test_locks_are_named_by_the_physical_card(tmp_path, monkeypatch):
+    """Two Slurm jobs granted cards 3 and 5 each see cuda:0, and must not wait for each other."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert claim_gpu(1, tmp_path, wait_s=0.05, timeout_s=1) == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    assert claim_gpu(1, tmp_path, wait_s=0.05, timeout_s=1) == 0  # gpu3.lock is held, gpu5.lock is free
+    assert sorted(f.name for f in tmp_path.glob("*.lock")) == ["gpu3.lock", "gpu5.lock"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with pytest.raises(TimeoutError):
+        claim_gpu(1, tmp_path, wait_s=0.05, timeout_s=0.3)

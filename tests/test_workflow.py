@@ -73,7 +73,8 @@ def test_snakemake_run_writes_the_report(snakemake_ws):
     html = (reports / "index.html").read_text()
     assert 'src="figure2.png"' in html and "A3B+" in html and "co-adaptation" in html
     assert len(list((reports / "curves").glob("*.csv"))) == NETWORKS
-    bench = list((snakemake_ws / "data" / "benchmarks" / "random0").rglob("*.tsv"))  # one per training
+    bench = [f for split in ("random0", "dissimilar")  # one per training
+             for f in (snakemake_ws / "data" / "benchmarks" / split).rglob("*.tsv")]
     assert len(bench) == NETWORKS
 
 

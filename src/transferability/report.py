@@ -177,7 +177,7 @@ def _pooled_panel(ax: Any, rows: list[dict[str, Any]], splits: list[str], count:
         ns, drops, cis = _role_curve(rows, splits, rl, True)
         if ns:
             ax.plot(ns, [-d for d in drops], color=color, marker=marker, ls=ls, lw=1.8, label=rl)
-            _band(ax, [(-hi, -lo) for lo, hi in cis], ns, color)
+            _band(ax, [(None, None) if lo is None else (-hi, -lo) for lo, hi in cis], ns, color)
     ax.set_xlim(-0.4, 7.4)
     ax.set_xticks(range(8))
     ax.set_xlabel("n: layers copied from the source network")

@@ -21,6 +21,12 @@ BASE_OUTPUTS = [f"{runs.BASE_DIR}/{name}" for name in runs.RUN_FILES]
 TRANSFER_OUTPUTS = [f"{runs.TRANSFER_DIR}/{name}" for name in runs.RUN_FILES]
 FEATURE_OUTPUTS = [f"{runs.FEATURES_DIR}/{name}" for name in runs.FEATURE_FILES]
 REPORT_OUTPUTS = [f"{runs.REPORT_DIR}/{name}" for name in runs.REPORT_FILES]
+# The report's files shown by `snakemake --report`: category and caption (workflow/report/<stem>.rst).
+REPORT_ITEMS = {
+    "figure2.png": "Figures", "dissimilar.png": "Figures", "random_filters.png": "Figures",
+    "probes.png": "Figures", "curves.png": "Figures", "findings.md": "Tables", "variants.md": "Tables",
+    "decomposition.md": "Tables", "fne.md": "Tables", "runs.csv": "Tables", "metrics.json": "Metrics",
+}
 
 wildcard_constraints:
     split=runs.WILDCARDS["split"],
@@ -53,6 +59,16 @@ def trained_model(wildcards):
 
 def all_outputs():
     return REPORT_OUTPUTS
+
+
+def report_outputs():
+    """The report rule's outputs, those in REPORT_ITEMS marked for `snakemake --report` with a caption."""
+    out = []
+    for name, path in zip(runs.REPORT_FILES, REPORT_OUTPUTS, strict=True):
+        stem = name.rsplit(".", 1)[0]
+        category = REPORT_ITEMS.get(name)
+        out.append(report(path, caption=f"../report/{stem}.rst", category=category) if category else path)
+    return out
 
 
 def source_model(wildcards):

@@ -3,7 +3,7 @@ rule report:
         all_metrics(),
         all_embeddings(),
     output:
-        REPORT_OUTPUTS,
+        report_outputs(),
         directory(runs.REPORT_CURVES),
     log:
         "data/logs/report.log",

@@ -1,0 +1,103 @@
+"""Open an HTML page in a real headless browser: Debian's Chromium (apt: chromium, chromium-driver),
+driven by Selenium through chromedriver. It reports the page's console messages, every image's
+natural size once loaded, and can save a screenshot of the whole page.
+
+    python -m tests.browser reports/index.html docs/report-screenshot.png
+
+prints what it found and exits 1 on a console error or an image that did not load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+IMAGES_JS = """return Array.from(document.images).map(i => ({
+    src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth, height: i.naturalHeight}));"""
+
+
+def missing() -> list[str]:
+    """What a browser check needs and this machine lacks (empty when it can run)."""
+    out = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        out.append("the selenium package")
+    return out
+
+
+@dataclass
+class Page:
+    title: str
+    console: list[dict] = field(default_factory=list)  # {"level", "message", ...} from the browser's log
+    images: list[dict] = field(default_factory=list)  # {"src", "complete", "width", "height"}
+
+    @property
+    def errors(self) -> list[dict]:
+        return [m for m in self.console if m["level"] == "SEVERE"]
+
+    @property
+    def broken_images(self) -> list[dict]:
+        return [i for i in self.images if not i["complete"] or i["width"] == 0]
+
+
+def open_page(html: Path, screenshot: Path | None = None, width: int = 1280, timeout: float = 60) -> Page:
+    """Load ``html`` (a file), wait for it and its images, collect the console; optionally screenshot it."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+                "--force-device-scale-factor=1", f"--window-size={width},1000", "--no-first-run",
+                "--disable-extensions", "--disable-background-networking"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        driver.set_page_load_timeout(timeout)
+        driver.get(Path(html).resolve().as_uri())
+        WebDriverWait(driver, timeout).until(lambda d: d.execute_script(
+            "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"))
+        page = Page(title=driver.title, images=driver.execute_script(IMAGES_JS))
+        if screenshot is not None:
+            size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+            shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+                "format": "png", "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}})
+            Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+            Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
+        page.console = driver.get_log("browser")
+        return page
+    finally:
+        driver.quit()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("html", type=Path, help="the page, e.g. reports/index.html")
+    ap.add_argument("screenshot", type=Path, nargs="?", help="write a full-page PNG screenshot here")
+    ap.add_argument("--width", type=int, default=1280, help="the window's width in CSS pixels (default 1280)")
+    args = ap.parse_args(argv)
+    if lacking := missing():
+        print(f"cannot open a browser: missing {', '.join(lacking)} (make setup installs them)", file=sys.stderr)
+        return 2
+    page = open_page(args.html, args.screenshot, args.width)
+    print(json.dumps({"title": page.title, "images": page.images, "console": page.console}, indent=2))
+    bad = page.errors or page.broken_images
+    if bad:
+        print(f"{len(page.errors)} console error(s), {len(page.broken_images)} image(s) not loaded", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
