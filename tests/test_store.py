@@ -109,6 +109,27 @@ def test_store_checksum_mismatch_is_refused(tmp_path):
         load_store(tmp_path / "store")
 
 
+def test_a_verified_store_is_not_hashed_again_until_a_file_changes(tmp_path, monkeypatch):
+    from transferability import store as store_module
+
+    make_tree(tmp_path / "src")
+    write_store(tmp_path / "store", *imagefolder(tmp_path / "src", 16, 1, tmp_path / "work"))
+    hashed = []
+    real = store_module.sha256_file
+    monkeypatch.setattr(store_module, "sha256_file", lambda f: hashed.append(f.name) or real(f))
+    load_store(tmp_path / "store")
+    assert len(hashed) == 4 and (tmp_path / ".store.verified.json").exists()
+    load_store(tmp_path / "store")
+    assert len(hashed) == 4  # every file as verified last time: nothing hashed
+    f = tmp_path / "store" / "train_images.npy"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="train_images.npy does not match the checksum"):
+        load_store(tmp_path / "store")
+    assert hashed[4:] == ["train_images.npy"]
+
+
 def test_store_rewrite_is_atomic_and_leaves_no_temporaries(tmp_path):
     make_tree(tmp_path / "src")
     arrays = imagefolder(tmp_path / "src", 16, 1, tmp_path / "work")

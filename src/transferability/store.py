@@ -9,6 +9,7 @@ a store whose files no longer match it is refused. Images come either as arrays 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_dir
+from .atomic import atomic_dir, write_json
 from .errors import UserError
 
 PARTS = ("train", "test")
@@ -174,8 +175,22 @@ def write_store(
     return manifest
 
 
+def verified_stamp(path: Path) -> Path:
+    """Beside the store (not in it: the store is a DVC output): files already verified, by stat."""
+    return path.parent / f".{path.name}.verified.json"
+
+
+def _stat_key(f: Path) -> list[int]:
+    st = f.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
 def load_store(path: str | Path, verify: bool = True) -> Store:
-    """Open a store memory-mapped; with ``verify``, refuse it if a file's checksum changed."""
+    """Open a store memory-mapped; with ``verify``, refuse it if a file's checksum changed.
+
+    A file is hashed again only when its size, modification time or inode differ from the last
+    successful verification (``verified_stamp``): an ImageNet store is ~250 GB, and every training
+    job opens it. Bytes changed in place with the times restored would go unnoticed."""
     path = Path(path)
     manifest_file = path / "manifest.json"
     if not manifest_file.exists():
@@ -183,17 +198,27 @@ def load_store(path: str | Path, verify: bool = True) -> Store:
     manifest = json.loads(manifest_file.read_text())
     classes = json.loads((path / "classes.json").read_text())
     images, labels = {}, {}
+    stamp = verified_stamp(path)
+    known = json.loads(stamp.read_text()) if verify and stamp.exists() else {}
+    seen = {}
     for part in PARTS:
         files = manifest["parts"][part]["files"]
         for kind in ("images", "labels"):
             f = path / files[kind]["file"]
             if not f.exists():
                 raise UserError(f"store {path} lacks {f.name}: prepare it again")
-            if verify and sha256_file(f) != files[kind]["sha256"]:
+            if not verify:
+                continue
+            key = [*_stat_key(f), files[kind]["sha256"]]
+            if known.get(f.name) != key and sha256_file(f) != files[kind]["sha256"]:
                 raise UserError(
                     f"{f} does not match the checksum in {manifest_file}: the store is corrupt, "
                     "prepare it again"
                 )
+            seen[f.name] = key
         images[part] = np.load(path / files["images"]["file"], mmap_mode="r")
         labels[part] = np.load(path / files["labels"]["file"])
+    if verify and seen != known:
+        with contextlib.suppress(OSError):  # only a cache: a read-only data folder hashes every time
+            write_json(stamp, seen)
     return Store(path, images, labels, classes, manifest)
