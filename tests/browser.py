@@ -2,7 +2,7 @@
 driven by Selenium through chromedriver. It reports the page's console messages, every image's
 natural size once loaded, and can save a screenshot of the whole page.
 
-    python -m tests.browser reports/index.html docs/report-screenshot.png
+    python -m tests.browser reports/index.html docs/report-screenshot.jpg --height 2400
 
 prints what it found and exits 1 on a console error or an image that did not load.
 """
@@ -48,8 +48,10 @@ class Page:
         return [i for i in self.images if not i["complete"] or i["width"] == 0]
 
 
-def open_page(html: Path, screenshot: Path | None = None, width: int = 1280, timeout: float = 60) -> Page:
-    """Load ``html`` (a file), wait for it and its images, collect the console; optionally screenshot it."""
+def open_page(html: Path, screenshot: Path | None = None, width: int = 1280, timeout: float = 60,
+              height: int | None = None) -> Page:
+    """Load ``html`` (a file), wait for it and its images, collect the console; optionally screenshot
+    it: the whole page, or its top ``height`` pixels; PNG, or JPEG when the file name says so."""
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -71,9 +73,11 @@ def open_page(html: Path, screenshot: Path | None = None, width: int = 1280, tim
         page = Page(title=driver.title, images=driver.execute_script(IMAGES_JS))
         if screenshot is not None:
             size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+            jpeg = Path(screenshot).suffix.lower() in (".jpg", ".jpeg")
             shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
-                "format": "png", "captureBeyondViewport": True,
-                "clip": {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}})
+                "format": "jpeg" if jpeg else "png", **({"quality": 85} if jpeg else {}), "captureBeyondViewport": True,
+                "clip": {"x": 0, "y": 0, "width": size["width"], "scale": 1,
+                         "height": min(size["height"], height or size["height"])}})
             Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
             Path(screenshot).write_bytes(base64.b64decode(shot["data"]))
         page.console = driver.get_log("browser")
@@ -85,13 +89,14 @@ def open_page(html: Path, screenshot: Path | None = None, width: int = 1280, tim
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("html", type=Path, help="the page, e.g. reports/index.html")
-    ap.add_argument("screenshot", type=Path, nargs="?", help="write a full-page PNG screenshot here")
+    ap.add_argument("screenshot", type=Path, nargs="?", help="write a screenshot here (.png, or .jpg)")
+    ap.add_argument("--height", type=int, default=None, help="only the page's top HEIGHT pixels (default: all)")
     ap.add_argument("--width", type=int, default=1280, help="the window's width in CSS pixels (default 1280)")
     args = ap.parse_args(argv)
     if lacking := missing():
         print(f"cannot open a browser: missing {', '.join(lacking)} (make setup installs them)", file=sys.stderr)
         return 2
-    page = open_page(args.html, args.screenshot, args.width)
+    page = open_page(args.html, args.screenshot, args.width, height=args.height)
     print(json.dumps({"title": page.title, "images": page.images, "console": page.console}, indent=2))
     bad = page.errors or page.broken_images
     if bad:

@@ -404,8 +404,10 @@ th{{background:#f3f3f3}}img{{max-width:100%}}code,pre{{background:#f6f6f6}}pre{{
 <p>{intro}</p>
 <h2>Figure 2: top-1 on the target half against the number of layers copied</h2>
 <img src="figure2.png" alt="Figure 2: top-1 against n for every variant">
-<p>Points: single networks; lines: the mean of each variant over seeds; grey band and line: the base
-network trained on the target half (its range over seeds). TnT (BnB): layers from the base of the same half,
+<p>First panel (with several replicates): every role minus its replicate's base, the mean over the
+random splits, seeds and directions with its 95% band. Then per split and target half: points are single
+networks, lines the mean of each variant over seeds, the grey line the base network trained on the
+target half; bands (95%) where there are at least 3 seeds. TnT (BnB): layers from the base of the same half,
 frozen; + : all layers fine-tuned; SnT (AnB): layers from the other half's base; RnT (RnB): random frozen filters.</p>
 <h2>The study's findings on this data</h2>
 <p>Each effect is computed per replicate (split, seed and target half; random splits and both directions pooled),
