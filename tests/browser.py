@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=1280, help="the window's width in CSS pixels (default 1280)")
     args = ap.parse_args(argv)
     if lacking := missing():
-        print(f"cannot open a browser: missing {', '.join(lacking)} (make setup installs them)", file=sys.stderr)
+        print(f"cannot open a browser: missing {', '.join(lacking)} (make test-tools installs them)", file=sys.stderr)
         return 2
     page = open_page(args.html, args.screenshot, args.width, height=args.height)
     print(json.dumps({"title": page.title, "images": page.images, "console": page.console}, indent=2))

@@ -27,7 +27,7 @@ from pathlib import Path
 TEMPLATES = Path(__file__).resolve().parent / "slurm"
 DAEMONS = ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "sinfo", "scontrol", "scancel")
-MISSING_HINT = "apt-get install slurm-wlm munge (or make setup)"
+MISSING_HINT = "apt-get install slurm-wlm munge (or make test-tools)"
 KEY = re.compile(r"^[A-Za-z][\w:]*$")  # JobId, AllocNode:Sid, ReqB:S:C:T
 
 

@@ -20,7 +20,7 @@ FIGURES = {name for name in runs.REPORT_FILES if name.endswith(".png")}
 @pytest.fixture(scope="module")
 def have_browser():
     if lacking := browser.missing():
-        message = f"no headless browser: missing {', '.join(lacking)} (make setup installs them)"
+        message = f"no headless browser: missing {', '.join(lacking)} (make test-tools installs them)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)

@@ -8,7 +8,7 @@ session fixture). A second, shorter run with compute.device auto shows that only
 Slurm for a GPU (`--gpus=1`, from the rules' `gpu` resource).
 
 Without Slurm installed the module is skipped, except under CI (the CI variable set, as .ci/run does),
-where it fails: `make setup` installs slurm-wlm and munge.
+where it fails: `make test-tools` installs slurm-wlm and munge.
 """
 
 from __future__ import annotations
