@@ -4,14 +4,18 @@ Both minimise the same objective (one-vs-rest squared hinge, L2, C from params),
 threads the embed stage uses (compute.threads); LinearSVC runs as the embed stage ran it before
 (liblinear's primal when samples > features, else its dual). Per feature set of the default dump
 on half B (FNE, fc6, fc7, each per-layer probe): fit + predict time and test accuracy; then the
-whole embed stage's classifiers on every default dump, both ways.
+whole embed stage's classifiers on every default dump, both ways. This machine's speed drifts by
+tens of percent within minutes, so each figure is the median of ``--repeats`` runs, the two
+solvers alternating, and the ratio is taken between the medians.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from common import ROOT, load_params, parser, save, table
@@ -19,17 +23,29 @@ from threadpoolctl import threadpool_limits
 
 from transferability.embedding import evaluate_all, fne, l2_normalise, linear_svm, target_splits
 
+SOLVERS = ("liblinear", "newton")
 
-def fit_predict(solver: str, c: float, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray,
-                yte: np.ndarray) -> tuple[float, float]:
-    t = time.perf_counter()
+
+def alternating(repeats: int, run: Callable[[str], Any]) -> dict[str, tuple[float, Any]]:
+    """Per solver: the median wall time of ``repeats`` runs, solvers alternating, and the last result."""
+    times: dict[str, list[float]] = {s: [] for s in SOLVERS}
+    last = {}
+    for _ in range(repeats):
+        for solver in SOLVERS:
+            t = time.perf_counter()
+            last[solver] = run(solver)
+            times[solver].append(time.perf_counter() - t)
+    return {s: (float(np.median(times[s])), last[s]) for s in SOLVERS}
+
+
+def fit_predict(solver: str, c: float, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray) -> float:
     clf = linear_svm(c, solver, *xtr.shape).fit(xtr.astype(np.float32), ytr)
-    acc = float((clf.predict(xte.astype(np.float32)) == yte).mean())
-    return time.perf_counter() - t, acc
+    return float((clf.predict(xte.astype(np.float32)) == yte).mean())
 
 
 def main() -> None:
     p = parser(__doc__)
+    p.add_argument("--repeats", type=int, default=3, help="runs per solver; figures are medians (default 3)")
     p.add_argument("--threads", type=int, default=None, help="BLAS threads (default: compute.threads, as the stage)")
     p.add_argument("--dumps", default=str(ROOT / "data/features/random0/seed0/baseA"),
                    help="folder of the default run's dumps (one per target), made by `make run`")
@@ -56,7 +72,7 @@ def main() -> None:
                                           cfg["thresholds"])
     rows, per_set = [], {}
     for name, (ftr, fte) in sets.items():
-        res = {s: fit_predict(s, cfg["C"], ftr, y[tr], fte, y[te]) for s in ("liblinear", "newton")}
+        res = alternating(args.repeats, lambda s, ftr=ftr, fte=fte: fit_predict(s, cfg["C"], ftr, y[tr], fte, y[te]))
         per_set[name] = {"features": ftr.shape[1], "train_images": len(tr),
                          **{f"{s}_{k}": v for s, (t, a) in res.items() for k, v in (("s", t), ("top1", a))},
                          "speedup": res["liblinear"][0] / res["newton"][0],
@@ -71,11 +87,11 @@ def main() -> None:
         xt = np.load(dumps / target / "features.npy").astype(np.float32)
         yt, it = np.load(dumps / target / "labels.npy"), np.load(dumps / target / "is_train.npy")
         folds = [f for fs in target_splits(target, yt, it, cfg, 0).values() for f in fs]
-        for solver in ("liblinear", "newton"):
-            t = time.perf_counter()
-            accs = [evaluate_all(xt[a], yt[a], xt[b], yt[b], layers, {**cfg, "solver": solver}) for a, b in folds]
+        res = alternating(args.repeats, lambda s, xt=xt, yt=yt, folds=folds: [
+            evaluate_all(xt[a], yt[a], xt[b], yt[b], layers, {**cfg, "solver": s}) for a, b in folds])
+        for solver, (seconds, accs) in res.items():
             stage.setdefault(target, {})[solver] = {
-                "s": time.perf_counter() - t, "classifiers": len(folds) * len(accs[0]),
+                "s": seconds, "classifiers": len(folds) * len(accs[0]),
                 "mean_top1": {k: float(np.mean([a[k] for a in accs])) for k in accs[0]}}
         s = stage[target]
         s["speedup"] = s["liblinear"]["s"] / s["newton"]["s"]
@@ -85,7 +101,8 @@ def main() -> None:
         table(["embed stage", "classifiers", "LinearSVC s", "newton s", "speedup", "max |diff| (points)"],
               [[t, s["newton"]["classifiers"], s["liblinear"]["s"], s["newton"]["s"], s["speedup"],
                 s["max_top1_diff_points"]] for t, s in stage.items()])
-    save("embedding", {"per_feature_set": per_set, "embed_stage": stage}, params, args)
+    save("embedding", {"per_feature_set": per_set, "embed_stage": stage, "repeats": args.repeats,
+                       "dumps": str(dumps)}, params, args)
 
 
 if __name__ == "__main__":

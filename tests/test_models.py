@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from transferability.models import LAYER_NAMES, build_model, forward_flops
@@ -21,7 +25,7 @@ def test_caffenet_is_the_studys_network():
     assert net.layer(8)[0].out_features == 500
     # conv1 and conv2: pooling then LRN, as CaffeNet (AlexNet proper normalises first)
     for k in (1, 2):
-        assert [type(m).__name__ for m in net.layer(k)] == ["Conv2d", "ReLU", "MaxPool2d", "LocalResponseNorm"]
+        assert [type(m).__name__ for m in net.layer(k)] == ["Conv2d", "MaxPool2d", "ReLU", "LocalResponseNorm"]
     # CaffeNet has 60,965,224 parameters with 1000 classes; a half has 500 fc8 units fewer
     assert sum(p.numel() for p in net.parameters()) == 60_965_224 - 500 * 4096 - 500
     # Caffe's initialisation: Gaussian std 0.01 (fc6/fc7 0.005), biases 1 in conv2/4/5 and fc6/7
@@ -48,3 +52,36 @@ def test_same_seed_same_weights_and_global_rng_untouched():
     c = build_model(SMALL, 1, 5, 28, seed=8).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["layers.conv1.0.weight"], c["layers.conv1.0.weight"])
+
+
+def relu_before_pooling(net: torch.nn.Module) -> torch.nn.Module:
+    """The same weights with each conv layer's ReLU before its pooling, as Caffe's prototxt orders them."""
+    ref = copy.deepcopy(net)
+    for k in range(1, 6):
+        mods = list(ref.layer(k))
+        if isinstance(mods[1], nn.MaxPool2d):
+            mods[1], mods[2] = mods[2], mods[1]
+            ref.layers[LAYER_NAMES[k - 1]] = nn.Sequential(*mods)
+    return ref
+
+
+@pytest.mark.parametrize("model, channels, size, batch", [(SMALL, 1, 28, 16),     # 2x2 windows
+                                                          (CAFFENET, 3, 227, 2)])  # overlapping 3x3 windows
+def test_relu_after_pooling_trains_bit_for_bit_as_relu_before(model, channels, size, batch):
+    net = build_model(model, channels, 5, size, seed=0)
+    ref = relu_before_pooling(net)
+    assert [type(m).__name__ for m in ref.layer(1)][:3] == ["Conv2d", "ReLU", "MaxPool2d"]
+    gen = torch.Generator().manual_seed(0)
+    for step in range(3):
+        # a coarse grid of values: ties inside pooling windows, exact zeros and negatives
+        x = torch.randint(-4, 5, (batch, channels, size, size), generator=gen).float() / 4
+        y = torch.randint(0, 5, (batch,), generator=gen)
+        for m in (net, ref):
+            torch.manual_seed(step)  # the same dropout masks
+            F.cross_entropy(m(x), y).backward()
+            with torch.no_grad():
+                for p in m.parameters():
+                    p -= 0.01 * p.grad
+                    p.grad = None
+    for (name, a), b in zip(net.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

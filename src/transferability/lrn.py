@@ -10,8 +10,9 @@ channel-slice additions give identical outputs and identical gradients:
 - backward: autograd's formulas for each of those ops, with ``avg_pool3d``'s backward replayed as
   its kernel runs it (each output's share ``grad / size`` added to its window, outputs in order).
 
-In-place operations replace torch's temporaries (same roundings, fewer allocations), and the
-channel slices work in either memory layout, so channels_last inputs need no copies.
+In-place operations replace torch's temporaries (same roundings, fewer allocations). The powers
+are taken in NCHW order, as torch takes them; everything else runs in the input's layout (one
+copy of each power into it), so no elementwise operation mixes channels_last and NCHW strides.
 
 tests/test_lrn.py checks equality bit for bit, forward and backward, in both memory layouts.
 """
@@ -33,16 +34,21 @@ def _window_sum(t: torch.Tensor, size: int, before: int, layout: torch.memory_fo
     return out
 
 
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """t's values laid out as ref is: operations between the two then read both contiguously."""
+    return t if t.stride() == ref.stride() else torch.empty_like(ref).copy_(t)
+
+
 class _LocalResponseNorm(torch.autograd.Function):
-    """In-place where torch allocates: the same roundings, in either memory layout, without copies."""
+    """In-place where torch allocates: the same roundings, in either memory layout."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> torch.Tensor:
         # base in NCHW order, as torch's avg_pool3d returns it: pow's vector and scalar paths round
         # differently, so which elements fall in the scalar tail must be the same as torch's
-        base = _window_sum(x * x, size, size // 2, torch.contiguous_format)
+        base = _window_sum((x * x).contiguous(), size, size // 2, torch.contiguous_format)
         base.div_(size).mul_(alpha).add_(k)
-        div = base.pow(beta)
+        div = _like(base.pow(beta), x)
         out = x / div
         ctx.save_for_backward(x, base, div, out)
         ctx.config = (size, alpha, beta)
@@ -53,7 +59,7 @@ class _LocalResponseNorm(torch.autograd.Function):
         x, base, div, out = ctx.saved_tensors
         size, alpha, beta = ctx.config
         share = (-grad).mul_(out / div)  # DivBackward: -grad * ((x / div) / div)
-        share.mul_(base.pow(beta - 1).mul_(beta)).mul_(alpha).div_(size)  # PowBackward, MulBackward, avg_pool
+        share.mul_(_like(base.pow(beta - 1).mul_(beta), x)).mul_(alpha).div_(size)  # PowBackward, Mul, avg_pool
         grad_sq = _window_sum(share, size, (size - 1) // 2, torch.preserve_format)  # avg_pool3d's backward
         half = grad_sq.mul_(x)  # x * x: both factors get grad_sq * x
         return (grad / div).add_(half).add_(half), None, None, None, None

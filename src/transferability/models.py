@@ -1,6 +1,6 @@
 """The 8-layer AlexNet family, with layers numbered 1..8 as in the study.
 
-Layer k is the unit the study copies: conv_k with its ReLU, pooling and LRN for k <= 5; fc_k with
+Layer k is the unit the study copies: conv_k with its pooling, ReLU and LRN for k <= 5; fc_k with
 its ReLU and dropout for k = 6, 7; fc8 is the classifier. ``caffenet`` is the study's network
 (BVLC reference CaffeNet: pooling before LRN, conv2/4/5 in two groups); ``small`` keeps the same
 eight layers for 28x28 inputs.
@@ -44,10 +44,12 @@ class AlexNetFamily(nn.Module):
         layers: dict[str, nn.Module] = {}
         c = in_channels
         for k, (out, kernel, stride, pad, groups, pool, lrn) in enumerate(convs, start=1):
-            mods: list[nn.Module] = [nn.Conv2d(c, out, kernel, stride, pad, groups=groups),
-                                     nn.ReLU(inplace=True)]
+            # ReLU after max pooling: the two commute exactly (ReLU is monotonic; windows that lose
+            # to the ReLU pass no gradient either way), and the pooled map is a quarter of the size
+            mods: list[nn.Module] = [nn.Conv2d(c, out, kernel, stride, pad, groups=groups)]
             if pool:
                 mods.append(nn.MaxPool2d(pool, stride=2))
+            mods.append(nn.ReLU(inplace=True))
             if lrn:
                 mods.append((LocalResponseNorm if fast_lrn else nn.LocalResponseNorm)(5, alpha=1e-4, beta=0.75, k=1.0))
             layers[f"conv{k}"] = nn.Sequential(*mods)

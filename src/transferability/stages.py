@@ -21,7 +21,6 @@ from . import progress, runs
 from .atomic import atomic_dir, ensure_writable, write_bytes, write_json, write_text
 from .data import half_data, input_size, normalisation
 from .devices import resolve_device
-from .embedding import evaluate_all, target_splits
 from .errors import UserError
 from .features import (
     IMAGENET_MEAN,
@@ -237,6 +236,8 @@ def features(params: dict[str, Any], split_name: str, seed: int, network: str, t
 
 def embed(params: dict[str, Any], split_name: str, seed: int, network: str, target: str) -> Path:
     """Full-Network Embedding, single-layer baselines and per-layer probes on one feature dump."""
+    from .embedding import evaluate_all, target_splits  # scipy's linalg: 0.3 s that no other stage needs
+
     job = FeatureJob(split_name, seed, network, target)
     src = job.dir
     if not (src / "index.json").exists():

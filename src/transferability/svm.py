@@ -10,9 +10,9 @@ solution of large scale linear SVMs"): on the current active set (the samples in
 the objective is a regularised least-squares problem, solved exactly, then an exact line search
 on the piecewise quadratic; it stops after finitely many steps, when the active set no longer
 changes. While many samples are active the d x d Hessian is factorised: at w = 0 every sample is
-active, so the first one is I + 2C X'X, one product shared by every class; later ones add and
-remove only the samples that entered or left the active set. While fewer than d/2 are active
-the step is solved in sample space instead (Woodbury), on the active samples' Gram matrix. Either way
+active, so the first one is I + 2C X'X, one product and one factorisation for every class; later
+ones add and remove only the samples that entered or left the active set. While fewer than d/2 are
+active the step is solved in sample space instead (Woodbury), on the active samples' Gram matrix. Either way
 the work is a few BLAS calls per step where liblinear loops over samples in scalar code
 (benchmarks/embedding.py measures the difference).
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 
 
 def _line_search(w: np.ndarray, d: np.ndarray, o: np.ndarray, z: np.ndarray, y: np.ndarray, c: float,
@@ -56,7 +57,9 @@ def _woodbury(factor: tuple | None, g: np.ndarray, u32: np.ndarray, s_inv: np.nd
     hg, hu = solve(g), solve(u.T)
     inner = (u32 @ u32.T).astype(np.float64) if factor is None else u @ hu
     inner[np.diag_indices_from(inner)] += s_inv
-    return hg - hu @ scipy.linalg.solve(inner, u @ hg, check_finite=False)
+    # positive definite in sample space (H = I, S > 0); symmetric indefinite when samples also left
+    kind = "pos" if factor is None else "sym"
+    return hg - hu @ scipy.linalg.solve(inner, u @ hg, assume_a=kind, check_finite=False)
 
 
 class LinearSVM:
@@ -70,24 +73,29 @@ class LinearSVM:
         # Products in float32 (exact for FNE's ternary codes: integer sums below 2**24); the
         # gradient, on which the optimum depends, is accumulated in float64.
         x32 = np.hstack([np.asarray(x, dtype=np.float32), np.ones((len(x), 1), dtype=np.float32)])
-        gram = (x32.T @ x32).astype(np.float64) if len(x32) > x32.shape[1] // 2 else None
+        # At w = 0 every sample is active for every class: one Hessian I + 2C X'X, factorised once
+        hess = None
+        if len(x32) > x32.shape[1] // 2:
+            h = np.eye(x32.shape[1]) + 2 * self.C * (x32.T @ x32).astype(np.float64)
+            hess = h, scipy.linalg.cho_factor(h, check_finite=False)
         w = np.zeros((x32.shape[1], len(self.classes_)))
         self.n_iter_ = 0
         for k, cls in enumerate(self.classes_):
             y = np.where(labels == cls, 1.0, -1.0)
-            w[:, k], iters = self._fit_one(x32, y, gram)
+            w[:, k], iters = self._fit_one(x32, y, hess)
             self.n_iter_ = max(self.n_iter_, iters)
         self.coef_, self.intercept_ = w[:-1].T, w[-1]
         return self
 
-    def _fit_one(self, x32: np.ndarray, y: np.ndarray, gram: np.ndarray | None) -> tuple[np.ndarray, int]:
+    def _fit_one(self, x32: np.ndarray, y: np.ndarray,
+                 hess: tuple[np.ndarray, tuple] | None) -> tuple[np.ndarray, int]:
         c, (n, dim) = self.C, x32.shape
         w, o = np.zeros(dim), np.zeros(n)
         active = np.ones(n, dtype=bool)
         # A factorised Hessian for an earlier active set; steps correct it for the samples that
         # changed since (Woodbury) and refactorise once more than d/8 of them have.
-        base_hess = None if gram is None else np.eye(dim) + 2 * c * gram
-        base_active, base = active.copy(), None
+        base_hess, base = (None, None) if hess is None else (hess[0].copy(), hess[1])
+        base_active = active.copy()
         g0, full_step = None, False
         for it in range(1, self.max_iter + 1):
             now = y * o < 1
@@ -102,11 +110,15 @@ class LinearSVM:
             diff = active != base_active
             if base_hess is None or active.sum() < dim // 2:  # sample space: I/2C + Xa Xa'
                 d = -_woodbury(None, grad, x32[active], np.full(int(active.sum()), 1 / (2 * c)))
-            elif base is not None and diff.sum() <= dim // 8:
+            elif not diff.any():
+                d = -scipy.linalg.cho_solve(base, grad, check_finite=False)
+            elif diff.sum() <= dim // 8:
                 d = -_woodbury(base, grad, x32[diff], np.where(active[diff], 1.0, -1.0) / (2 * c))
             else:
-                u = x32[diff]
-                base_hess += 2 * c * ((u.T * np.where(active[diff], 1.0, -1.0).astype(np.float32)) @ u)
+                for rows, sign in ((diff & active, 2 * c), (diff & ~active, -2 * c)):  # entered, left
+                    if rows.any():
+                        u = x32[rows].T  # d x k, Fortran-ordered: BLAS takes it as it is, scaled in the product
+                        base_hess += scipy.linalg.blas.sgemm(sign, u, u, trans_b=True).T  # symmetric: read in C order
                 base_active, base = active.copy(), scipy.linalg.cho_factor(base_hess, check_finite=False)
                 d = -scipy.linalg.cho_solve(base, grad, check_finite=False)
             z = (x32 @ d.astype(np.float32)).astype(np.float64)
