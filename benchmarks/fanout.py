@@ -53,7 +53,8 @@ def accuracies(dest: Path) -> dict[str, Any]:
         m = json.loads(f.read_text())
         nets[str(f.parent.relative_to(dest / "data/runs"))] = {"top1": m["top1"], "top1_kbest": m["top1_kbest"]}
     fne = json.loads((dest / "reports/metrics.json").read_text()).get("random0", {}).get("fne", {})
-    return {"networks": nets, "fne": fne}
+    tables = {f.name: f.read_text() for f in (dest / "reports/variants.md", dest / "reports/fne.md") if f.exists()}
+    return {"networks": nets, "fne": fne, "report_tables": tables}
 
 
 def leaves(tree: Any, path: str = "") -> dict[str, float]:
