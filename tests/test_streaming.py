@@ -1,7 +1,8 @@
 """The ImageNet-scale data path: halves streamed from the store, crops as one gather, bfloat16.
 
 A half too large for memory is read batch by batch (data.Streamed) and must train exactly as the
-same half held in memory; the vectorised random crop must draw and cut exactly as slicing does."""
+same half held in memory, and the features stage reads its target half a slice at a time; the
+vectorised random crop must draw and cut exactly as slicing does."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from transferability import stages
-from transferability.data import HalfData, Streamed, batches, half_data, make_batch
+from transferability import runs, stages
+from transferability.data import HalfData, Rows, Streamed, batches, half_data, make_batch
+from transferability.store import load_store
 
 
 def sliced_crops(x: torch.Tensor, data: HalfData, crop: int, gen: torch.Generator) -> torch.Tensor:
@@ -86,3 +88,17 @@ def test_mean_only_normalisation_keeps_caffes_scale(fmnist_store):
     x = make_batch(caffe.x_test, caffe, None, False, None)
     assert torch.equal(x, caffe.x_test.float() - caffe.mean) and x.abs().max() > 100  # 0..255 scale
     assert torch.allclose(make_batch(ours.x_test, ours, None, False, None) * ours.std, x)
+
+
+@pytest.mark.usefixtures("workspace")
+def test_a_target_half_is_read_from_the_store_a_slice_at_a_time(params):
+    store = load_store(runs.prepared_path(params))
+    split = stages.read_split("random0")
+    target = stages.half_target(store, split, "B", params)
+    data = half_data(store, split, "B", params["train"]["images_per_class"], params["evaluate"]["images_per_class"])
+    whole = np.concatenate([data.x_train.numpy(), data.x_test.numpy()])  # what the stage held before
+    assert isinstance(target.images, Rows) and all(isinstance(p, Streamed) for p in target.images.parts)
+    assert target.images.shape == whole.shape and target.is_train.sum() == len(data.x_train)
+    n, t = len(whole), len(data.x_train)
+    for a, b in [(0, n), (0, 7), (t - 3, t + 5), (t, n), (n - 1, n + 10), (5, 5)]:  # across the parts' seam
+        assert np.array_equal(target.images[a:b], whole[a:b])

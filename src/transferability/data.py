@@ -53,6 +53,33 @@ class Streamed:
         return self[slice(None)].cpu().numpy()
 
 
+class Rows:
+    """Parts of a half (train, then test) as one sequence of uint8 images, read a slice at a time.
+
+    The features stage embeds a whole half; an ImageNet half is ~126 GB, so it is never gathered
+    into memory: each slice is read from the memory-mapped store when it is asked for."""
+
+    def __init__(self, *parts: torch.Tensor | Streamed) -> None:
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.parts[0].shape[1:])
+
+    def __getitem__(self, sel: slice) -> np.ndarray:
+        start, stop, _ = sel.indices(len(self))
+        out, offset = [], 0
+        for p in self.parts:
+            a, b = max(start - offset, 0), min(stop - offset, len(p))
+            if a < b:
+                out.append(p[a:b].cpu().numpy())
+            offset += len(p)
+        return np.concatenate(out) if out else np.empty((0, *self.shape[1:]), dtype=np.uint8)
+
+
 @dataclass
 class HalfData:
     """Train and test images of one half, labels renumbered 0..N-1 in original index order."""

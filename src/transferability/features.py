@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import progress
+from .data import Rows
 from .errors import UserError
 
 DIGITS_SIZE = 28
@@ -31,7 +32,7 @@ class Target:
     """Images to embed: uint8 (N, C, H, W), labels, and which are the fixed training part."""
 
     name: str
-    images: np.ndarray
+    images: np.ndarray | Rows  # a half of the store is read a slice at a time
     labels: np.ndarray
     is_train: np.ndarray  # bool; all True where the embed stage draws its own splits
     class_names: list[str]

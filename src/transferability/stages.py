@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from . import progress, runs
 from .atomic import atomic_dir, ensure_writable, write_bytes, write_json, write_text
-from .data import half_data, input_size, normalisation
+from .data import Rows, half_data, input_size, normalisation
 from .devices import resolve_device
 from .errors import UserError
 from .features import (
@@ -161,11 +161,11 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
 def half_target(store: Any, split_data: dict[str, Any], half: str, params: dict[str, Any]) -> Target:
     """A half of the dataset as an embedding target: the training subset the networks use, and the test set."""
     data = half_data(store, split_data, half, params["train"].get("images_per_class"),
-                     params["evaluate"].get("images_per_class"), normalise=params["train"].get("normalise", "mean_std"))
-    images = np.concatenate([data.x_train.numpy(), data.x_test.numpy()])
+                     params["evaluate"].get("images_per_class"), resident_gb=0,  # streamed: nothing read yet
+                     normalise=params["train"].get("normalise", "mean_std"))
     labels = np.concatenate([data.y_train.numpy(), data.y_test.numpy()])
     is_train = np.arange(len(labels)) < len(data.y_train)
-    return Target(half, images, labels, is_train, data.class_names)
+    return Target(half, Rows(data.x_train, data.x_test), labels, is_train, data.class_names)
 
 
 def load_trained(params: dict[str, Any], network: Network, store: Any, split_data: dict[str, Any]) -> torch.nn.Module:
@@ -205,14 +205,15 @@ def features(params: dict[str, Any], split_name: str, seed: int, network: str, t
         tgt = digits(store.images["train"].shape[1], input_size(store.images["train"].shape[-1], crop))
     else:
         tgt = half_target(store, split_data, target, params)
-    if crop and crop < tgt.images.shape[-1]:  # centre crop, as evaluation does
-        o = (tgt.images.shape[-1] - crop) // 2
-        tgt.images = tgt.images[..., o : o + crop, o : o + crop]
+    side = tgt.images.shape[-1]
+    keep = crop if crop and crop < side else side  # centre crop, as evaluation does
+    o = (side - keep) // 2
     feats = params["features"]
     dest = job.dir
 
     def rows(start: int, stop: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
-        x, index = extract(net, taps, tgt.images[start:stop], mean, std, feats.get("batch_size", 256),
+        images = tgt.images[start:stop][..., o : o + keep, o : o + keep]
+        x, index = extract(net, taps, images, mean, std, feats.get("batch_size", 256),
                            f"{job.name} on {target}", shape)
         return x.astype(feats.get("dtype", "float32")), index
 

@@ -102,7 +102,8 @@ class LinearSVM:
             if full_step and np.array_equal(now, active):  # a full Newton step on the final active set
                 return w, it
             active = now
-            grad = w + 2 * c * (x32.T @ np.where(active, o - y, 0.0).astype(np.float32)).astype(np.float64)
+            residual = np.where(active, o - y, 0.0).astype(np.float32)
+            grad = w + 2 * c * (residual @ x32).astype(np.float64)  # r'X, not X'r: BLAS's faster gemv here
             gnorm = np.linalg.norm(grad)
             g0 = gnorm if g0 is None else g0
             if gnorm <= self.tol * max(g0, 1e-300):
