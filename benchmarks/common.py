@@ -61,14 +61,19 @@ def default_half(params: dict[str, Any], half: str = "B", split: str = "random0"
                          params["evaluate"].get("images_per_class"))
 
 
-def best_time(fn: Callable[[], Any], repeat: int = 3) -> float:
-    """The fastest of ``repeat`` wall times: the least disturbed by anything else on the machine."""
+def wall_times(fn: Callable[[], Any], repeat: int = 3) -> list[float]:
+    """The wall times of ``repeat`` calls of ``fn``."""
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return min(times)
+    return times
+
+
+def best_time(fn: Callable[[], Any], repeat: int = 3) -> float:
+    """The fastest of ``repeat`` wall times: the least disturbed by anything else on the machine."""
+    return min(wall_times(fn, repeat))
 
 
 def machine() -> dict[str, Any]:
