@@ -88,6 +88,13 @@ def test_hscore_of_one_feature_is_its_share_of_between_class_variance():
     assert est.hscore(np.hstack([f, np.ones((4, 1))]), labels) == pytest.approx(9 / 14, rel=1e-12)  # flat column
 
 
+def test_hscore_of_features_on_one_line_is_that_lines_hscore():
+    f = np.array([[1.0, 1.0], [-1.0, -1.0]] * 4)  # Ledoit-Wolf shrinks nothing here: a singular covariance
+    labels = np.array([0, 1] * 4)
+    assert est.hscore(f, labels) == pytest.approx(est.hscore(f[:, :1] * math.sqrt(2), labels), rel=1e-12)
+    assert est.hscore(f, labels) == pytest.approx(1.0, rel=1e-12)  # the classes are the two points
+
+
 def test_linear_cka_is_one_on_itself_and_invariant_to_rotation_and_scale():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, 12)) @ rng.normal(size=(12, 12))

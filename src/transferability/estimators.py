@@ -162,7 +162,10 @@ def hscore(features: np.ndarray, labels: np.ndarray) -> float:
     y = _onehot(labels)
     counts = y.sum(axis=0)
     means = (y.T @ f) / np.where(counts > 0, counts, 1.0)[:, None]   # C x d
-    solved = linalg.cho_solve(linalg.cho_factor(cov), means.T)        # S^-1 mu_c, d x C
+    try:
+        solved = linalg.cho_solve(linalg.cho_factor(cov), means.T)    # S^-1 mu_c, d x C
+    except linalg.LinAlgError:  # no shrinkage (every image's outer product equals S) and S singular
+        solved = linalg.pinvh(cov) @ means.T
     return float(((counts / len(f)) * np.einsum("dc,cd->c", solved, means)).sum())
 
 
