@@ -63,7 +63,7 @@ def test_snakemake_run_writes_the_report(snakemake_ws):
     assert {f["verdict"] for f in findings.values()} == {"inconclusive"}  # one seed: no interval, no verdict
     assert "The study's findings on this data" in (reports / "index.html").read_text()
     fne = metrics["fne"]
-    assert sorted(fne) == ["baseA_on_B", "baseA_on_digits"]
+    assert sorted(fne) == ["baseA_on_B", "baseA_on_digits", "baseB_on_B", "baseB_on_digits"]
     assert sorted(fne["baseA_on_digits"]) == ["5_per_class", "all"]
     assert {"full_network", "fc6", "fc7", "probe_conv1"} <= set(fne["baseA_on_B"]["all"])
     fne_rows = (reports / "fne.md").read_text().splitlines()
@@ -76,6 +76,32 @@ def test_snakemake_run_writes_the_report(snakemake_ws):
     bench = [f for split in ("random0", "dissimilar")  # one per training
              for f in (snakemake_ws / "data" / "benchmarks" / split).rglob("*.tsv")]
     assert len(bench) == NETWORKS
+
+
+def test_estimators_stage_scores_every_layer_against_the_measured_curves(snakemake_ws):
+    params = yaml.safe_load((snakemake_ws / "params.yaml").read_text())
+    methods = params["estimators"]["methods"]
+    reports = snakemake_ws / "reports"
+    scores = json.loads((snakemake_ws / "data/estimates/random0/seed0/scores.json").read_text())["targets"]
+    assert list(scores) == ["B"] and scores["B"]["source_network"] == "baseA" and scores["B"]["images"] == 200
+    for method in methods:
+        value = scores["B"]["scores"][method]
+        assert isinstance(value, float) if method in ("leep", "nce") else len(value) == 7, method
+    embed = json.loads((snakemake_ws / "data/embed/random0/seed0/baseA/B.json").read_text())["results"]["all"]
+    layers = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
+    assert scores["B"]["scores"]["probe"] == [embed[f"probe_{layer}"]["mean"] for layer in layers]  # the same probe
+    cka = scores["B"]["scores"]["cka"]
+    assert all(0 < v <= 1 for v in cka)
+    estimators = json.loads((reports / "metrics.json").read_text())["estimators"]
+    assert set(estimators) == set(methods)
+    for method in set(methods) - {"leep", "nce"}:
+        for curve in ("AnB", "AnB-ft"):
+            tau = estimators[method][curve]["kendall"]
+            assert -1 <= tau["mean"] <= 1 and tau["replicates"] == 1 and tau["ci95"] is None, (method, curve)
+    table = (reports / "estimators.md").read_text()
+    assert "| LogME |" in table and "Tracks AnB (frozen) best" in table
+    assert (reports / "estimators.png").read_bytes()[:4] == b"\x89PNG"
+    assert 'src="estimators.png"' in (reports / "index.html").read_text()
 
 
 def test_dvc_commit_after_snakemake_records_it(snakemake_ws):

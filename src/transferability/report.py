@@ -25,6 +25,7 @@ from . import runs  # noqa: E402
 from .atomic import atomic_path, write_json, write_text  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .findings import as_json, evaluate, replicates, table  # noqa: E402
+from .prediction import load_comparison  # noqa: E402
 from .runs import role  # noqa: E402
 from .stats import t_interval  # noqa: E402
 from .training import versions  # noqa: E402
@@ -429,6 +430,12 @@ lies on the other side, <em>inconclusive</em> otherwise (or with a single replic
 random training splits where there are several.</p>
 {fne}
 <img src="probes.png" alt="Linear probe accuracy per layer">
+<h2>Transferability estimators against the measured fan-out</h2>
+<p>Scores from features alone, per layer n of the source base, ranked against the measured top-1 of AnB
+and AnB+ over n (mean over replicates, 95% interval); cost in core-seconds per replicate
+(<code>estimators.md</code>).</p>
+{estimators}
+<img src="estimators.png" alt="Transferability estimators against n, their rank correlations and costs">
 <h2>Learning curves</h2>
 <img src="curves.png" alt="Test top-1 during training for every network">
 <h2>All runs</h2>
@@ -471,6 +478,8 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
     for e in embeds:
         metrics[e["split"]].setdefault("fne", {})[f"{e['slug']}_on_{e['target']}"] = {
             size: {m: round(v["mean"], 6) for m, v in res.items()} for size, res in e["results"].items()}
+    estimators = load_comparison(out)  # the `estimators` stage's output
+    metrics["estimators"] = estimators["metrics"]
     write_json(out / "metrics.json", metrics)
     for r in rows:  # per-run learning curves for `dvc plots`
         buf = io.StringIO()
@@ -493,5 +502,6 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
         intro=html.escape(intro), variants=html_table(v_header, v_table), findings=html_table(fi_header, fi_table),
         decomposition=html_table(d_header, d_table), runs=html_table(COLUMNS, run_table),
         fne=html_table(f_header, f_table) if embeds else "<p>No feature extraction configured.</p>",
+        estimators=html_table(estimators["table"]["header"], estimators["table"]["rows"]),
         provenance=html.escape(provenance)))
     print(f"report: {out / 'index.html'} ({len(rows)} runs)")
