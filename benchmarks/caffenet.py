@@ -74,7 +74,7 @@ def main() -> None:
                    precision=args.precision or (compute.get("precision", "float32") if gpu else "float32"),
                    compile=args.compile if args.compile is not None else compute.get("compile", False) and gpu)
     params["train"].update(epochs=1, batch_size=batch)
-    params["evaluate"].update(evals_per_epoch=1, k_best=1)
+    params["evaluate"].update(evals=1, k_best=1)
     model = params["model"]
     flops = 3 * forward_flops(build_model(model, 3, CLASSES, 227, seed=0), 3, 227)
     rates = {}

@@ -55,7 +55,7 @@ def test_caffenet_trains_on_an_imagenet_shaped_tree_on_cpu(tmp_path, monkeypatch
     params["dataset"]["root"] = str(tmp_path / "ilsvrc")
     params["splits"]["tiny"] = {"method": "lists", "A": WNIDS[:2], "B": WNIDS[2:]}
     params["train"].update(epochs=1, batch_size=4)
-    params["evaluate"].update(evals_per_epoch=2, k_best=1)
+    params["evaluate"].update(evals=2, k_best=1)
     params["compute"].update(device="cpu", threads=2, precision="float32", compile=False, resident_gb=0)
     tparams.validate(params)
     monkeypatch.chdir(tmp_path)

@@ -26,10 +26,11 @@ def test_k_best_is_the_mean_of_the_k_best_evaluations():
     assert k_best(evals, 10) == pytest.approx(0.7)
 
 
-def test_eval_steps_spread_over_the_epoch_and_end_it():
-    assert eval_steps(10, 1) == [10]
-    assert eval_steps(10, 3) == [4, 7, 10]
-    assert eval_steps(2, 5) == [1, 2]
+def test_eval_steps_spread_over_the_budget_and_end_it():
+    assert eval_steps(10, 1) == {10}
+    assert eval_steps(10, 3) == {4, 7, 10}
+    assert eval_steps(2, 5) == {1, 2}
+    assert eval_steps(60, 6) == {10, 20, 30, 40, 50, 60}  # 6 epochs of 10 steps: each epoch's end
 
 
 @pytest.mark.usefixtures("workspace")

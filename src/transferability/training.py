@@ -2,8 +2,9 @@
 
 One SGD schedule for all (momentum, weight decay, step decay at fractions of the budget). Biases
 take twice the learning rate and no weight decay, as in the study's Caffe prototxt. The loop
-evaluates top-1 on the target half's test images ``evals_per_epoch`` times per epoch and reports
-the final value and the study's metric, the mean of the k best evaluations.
+evaluates top-1 on the target half's test images ``evaluate.evals`` times, evenly spaced over the
+budget (a fixed count, so a longer budget does not cost more evaluation), and reports the final
+value and the study's metric, the mean of the k best evaluations.
 
 Resume is a first-class mode: at each epoch's end a checkpoint holds the model, optimizer, step,
 every RNG state and the curve so far, tagged with a digest of everything that defines the run;
@@ -84,10 +85,10 @@ def evaluate(net: torch.nn.Module, data: HalfData, crop: int | None, channels_la
     return correct / len(data.x_test)
 
 
-def eval_steps(steps_per_epoch: int, evals_per_epoch: int) -> list[int]:
-    """Steps within an epoch (1-based, last = epoch end) after which the net is evaluated."""
-    k = min(evals_per_epoch, steps_per_epoch)
-    return sorted({math.ceil(steps_per_epoch * j / k) for j in range(1, k + 1)})
+def eval_steps(total: int, evals: int) -> set[int]:
+    """Steps of the whole budget (1-based, the last = its end) after which the net is evaluated."""
+    k = min(evals, total)
+    return {math.ceil(total * j / k) for j in range(1, k + 1)}
 
 
 @dataclass
@@ -145,7 +146,7 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
     n_train = len(data.x_train)
     steps_per_epoch = math.ceil(n_train / tr["batch_size"])
     total = tr["epochs"] * steps_per_epoch
-    when = eval_steps(steps_per_epoch, ev["evals_per_epoch"])
+    when = eval_steps(total, ev["evals"])
 
     torch.manual_seed(seed)  # dropout's stream
     gen = torch.Generator().manual_seed(seed)  # data order and augmentation
@@ -191,7 +192,7 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
             loss_n += len(idx)
             state.step += 1
             bar.update(len(idx))
-            if i + 1 in when:
+            if state.step in when:
                 t_eval = time.perf_counter()
                 with amp:
                     top1 = evaluate(model, data, tr.get("crop"), channels_last, cache, eval_batch)
