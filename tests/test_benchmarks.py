@@ -84,3 +84,17 @@ def test_caffenet_benchmark_runs_the_imagenet_profile_on_this_device(tmp_path):
     assert f["batch"] == 16 and f["steps"] == 1 and f["train_images_per_s"] > 0
     assert f["gflop_per_image"] == pytest.approx(4.3, abs=0.1)  # the study's CaffeNet, 227x227 crops
     assert f["achieved_gflop_s"] == pytest.approx(f["train_images_per_s"] * f["gflop_per_image"], rel=0.01)
+
+
+def test_convergence_ladder(tmp_path):
+    """Two budgets of one unit: bases and BnB+ trained through the CLI, the move when doubled computed."""
+    f = run_bench("convergence", tmp_path, "--budgets", "0.5", "1", "--units", "1", "--n", "4")
+    assert [r["epochs"] for r in f["summary"]] == [1, 2]  # the smoke profile trains 2 epochs
+    first, second = f["summary"]
+    assert second["steps"] == 2 * first["steps"]
+    assert first["baseB move when doubled"] == pytest.approx(second["baseB"] - first["baseB"])
+    assert second["baseB move when doubled"] is None  # no rung at twice the last
+    unit = f["ladder"]["2"]["random0/seed0"]
+    assert first["BnB+4 - baseB"] == pytest.approx(f["ladder"]["1"]["random0/seed0"]["BnB-ft/n4"]["top1_kbest"]
+                                                   - f["ladder"]["1"]["random0/seed0"]["baseB"]["top1_kbest"])
+    assert sorted(unit) == ["BnB-ft/n4", "baseA", "baseB"] and all(0 < r["top1_kbest"] <= 1 for r in unit.values())
