@@ -154,12 +154,12 @@ def _class_folders(part_dir: Path) -> list[Path]:
     return sorted(p for p in part_dir.iterdir() if p.is_dir())
 
 
-def labels_file(name: str, root: Path) -> Path:
+def labels_file(name: str, root: Path, key: str = "dataset.val_labels") -> Path:
     """``name`` as given, else inside the dataset root, else the study's copy shipped with the package."""
     for path in (Path(name), root / name, REFERENCE / name, REFERENCE / f"{name}.gz"):
         if path.is_file():
             return path
-    raise UserError(f"dataset.val_labels: {name} not found (nor in {root} or {REFERENCE}); give its path")
+    raise UserError(f"{key}: {name} not found (nor in {root} or {REFERENCE}); give its path")
 
 
 def read_val_labels(path: Path, ids: list[str]) -> dict[str, int]:
