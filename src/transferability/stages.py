@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 from . import progress, runs
 from .atomic import atomic_dir, ensure_writable, write_bytes, write_json, write_text
 from .data import Rows, half_data, input_size, normalisation
-from .devices import resolve_device
+from .devices import setup
 from .errors import UserError
 from .features import (
     IMAGENET_MEAN,
@@ -124,10 +124,7 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
     if split_name not in params["splits"]:
         raise UserError(f"split '{split_name}' is not defined under 'splits'")
     compute = params["compute"]
-    torch.set_num_threads(compute["threads"])
-    device = resolve_device(compute["device"], compute.get("gpu_lock_dir", "/tmp/transferability-gpu-locks"))
-    if device.type == "cuda":  # CPU kernels are deterministic already; the switch costs 2.4 s of imports
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = setup(compute)
     source_state, source_sha = None, None
     if (base := network.source_base) is not None:
         model_file = base.file("model.pt")
