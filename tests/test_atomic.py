@@ -18,7 +18,7 @@ def mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-@pytest.fixture(params=[0o022, 0o077, 0o002])
+@pytest.fixture(params=[0o022, 0o077, 0o002], ids=oct)
 def mask(request):
     old = os.umask(request.param)
     yield request.param
