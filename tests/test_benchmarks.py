@@ -82,6 +82,10 @@ def test_caffenet_benchmark_runs_the_imagenet_profile_on_this_device(tmp_path):
     f = run_bench("caffenet", tmp_path, "--params", str(ROOT / "workflow" / "params" / "imagenet.yaml"))
     assert f["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
     assert f["batch"] == 16 and f["steps"] == 1 and f["train_images_per_s"] > 0
+    # the training stage's own set-up (devices.setup): the profile's 4 threads, not every core;
+    # float32 as IEEE float32; deterministic algorithms on a GPU only, as a training job has them
+    assert f["threads"] == 4 and f["conv_fp32_precision"] == "ieee"
+    assert f["deterministic"] == torch.cuda.is_available()
     assert f["gflop_per_image"] == pytest.approx(4.3, abs=0.1)  # the study's CaffeNet, 227x227 crops
     assert f["achieved_gflop_s"] == pytest.approx(f["train_images_per_s"] * f["gflop_per_image"], rel=0.01)
 

@@ -4,6 +4,10 @@ A job killed mid-write leaves at most a hidden temporary beside the target, neve
 looks finished, and the previous good output stays in place until the new one replaces it. The
 next write of the same target clears such leftovers (every output has exactly one writer).
 
+Temporaries get the modes ``open()`` and ``mkdir()`` would give (0666 and 0777 less the umask),
+not ``tempfile``'s private 0600 and 0700: on a shared cluster or project the reports, models and
+store must be as readable as any other file the user writes.
+
 ``TRANSFERABILITY_PAUSE_BEFORE_RENAME_S`` makes every write wait that long between a complete
 temporary and its rename: a fault-injection hook, so tests can kill a job inside that window.
 """
@@ -35,6 +39,17 @@ def clear_leftovers(target: Path) -> list[Path]:
     return found
 
 
+def umask() -> int:
+    """The process's umask. Linux shows it in /proc; elsewhere it is read by setting it and back,
+    which another thread creating a file in that instant would see."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def _pause() -> None:
     if seconds := float(os.environ.get(PAUSE_ENV, 0) or 0):
         time.sleep(seconds)
@@ -47,6 +62,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     clear_leftovers(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -100,7 +116,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     clear_leftovers(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    tmp.chmod(0o755)
+    tmp.chmod(0o777 & ~umask())
     try:
         yield tmp
         _pause()

@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("prepare", help="turn the dataset source into the store under data/prepared/")
     s = sub.add_parser("split", help="write class halves A and B of one split to data/splits/")
     s.add_argument("--split", required=True)
+    s.add_argument("--lists", nargs="+", metavar="LIST",
+                   help="instead: write the split as the study's list files, from ILSVRC-2012 lists 'FILE IDX' "
+                        "(e.g. whole_valid_files.txt, shipped), to data/splits/lists/<split><half>/")
     t = sub.add_parser("train", help="train one network (a base or a transfer variant)")
     t.add_argument("--split", required=True)
     t.add_argument("--seed", type=int, required=True)
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{net.split}\tseed{net.seed}\t{net.name}\t{net.dir}")
         elif args.stage == "prepare":
             stages.prepare(params)
+        elif args.stage == "split" and args.lists:
+            stages.split_lists(params, args.split, args.lists)
         elif args.stage == "split":
             stages.split(params, args.split)
         elif args.stage == "train":

@@ -16,6 +16,7 @@ from .errors import UserError
 
 PREPARED = "data/prepared/{dataset}"
 SPLIT = "data/splits/{split}.json"
+STUDY_LISTS = "data/splits/lists"  # `split --lists`: a split as the study's own list files
 BASE_DIR = "data/runs/{split}/seed{seed}/{variant}"
 TRANSFER_DIR = "data/runs/{split}/seed{seed}/{variant}/n{n}"
 # A run's resumable state lives outside its folder, so a DAG that clears a stale run's outputs

@@ -6,6 +6,7 @@ The CLI, Snakemake and DVC all end up here; nothing about a stage's logic lives 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import shutil
@@ -20,7 +21,7 @@ from threadpoolctl import threadpool_limits
 from . import progress, runs
 from .atomic import atomic_dir, ensure_writable, write_bytes, write_json, write_text
 from .data import Rows, half_data, input_size, normalisation
-from .devices import resolve_device
+from .devices import setup
 from .errors import UserError
 from .features import (
     IMAGENET_MEAN,
@@ -37,8 +38,8 @@ from .models import build_model
 from .params import digest, source_digest
 from .runs import FeatureJob, Network
 from .shards import sharded_rows
-from .sources import read_source
-from .splits import check_split, make_split
+from .sources import ilsvrc_synsets, labels_file, read_source
+from .splits import check_split, make_split, read_listing, study_lists
 from .store import load_store, save_npy, sha256_file, write_store
 from .training import train, versions
 from .transfer import make_network
@@ -74,6 +75,27 @@ def split(params: dict[str, Any], name: str) -> Path:
     return dest
 
 
+def split_lists(params: dict[str, Any], name: str, lists: list[str], out: str | Path = runs.STUDY_LISTS) -> Path:
+    """The split over ILSVRC-2012's 1000 classes as the study's list files: for each list (a path, or
+    the study's whole_valid_files.txt, shipped), ``<out>/<split><half>/<list name>`` and its idxmap.txt.
+    No store is needed: the lists number classes as ILSVRC-2012 does (synsets.txt order)."""
+    if name not in params["splits"]:
+        raise UserError(f"split '{name}' is not defined under 'splits' (defined: {', '.join(params['splits'])})")
+    classes = [{"index": i, "id": wnid, "name": wnid} for i, wnid in enumerate(ilsvrc_synsets())]
+    result = make_split(name, params["splits"][name], classes)
+    for given in lists:
+        path = labels_file(given, Path(params["dataset"]["root"]), "--lists")
+        texts = study_lists(result, read_listing(path, len(classes)))
+        list_name = path.name.removesuffix(".gz")
+        for half, text in texts.items():
+            folder = Path(out) / f"{name}{half}"
+            write_text(folder / list_name, text["files"])
+            write_text(folder / "idxmap.txt", text["idxmap"])
+            lines, md5 = len(text["files"].splitlines()), hashlib.md5(text["files"].encode()).hexdigest()
+            print(f"{folder / list_name}: {lines} lines, md5 {md5}", file=sys.stderr)
+    return Path(out)
+
+
 def read_split(name: str) -> dict[str, Any]:
     path = runs.split_path(name)
     if not path.exists():
@@ -102,10 +124,7 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
     if split_name not in params["splits"]:
         raise UserError(f"split '{split_name}' is not defined under 'splits'")
     compute = params["compute"]
-    torch.set_num_threads(compute["threads"])
-    device = resolve_device(compute["device"], compute.get("gpu_lock_dir", "/tmp/transferability-gpu-locks"))
-    if device.type == "cuda":  # CPU kernels are deterministic already; the switch costs 2.4 s of imports
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = setup(compute)
     source_state, source_sha = None, None
     if (base := network.source_base) is not None:
         model_file = base.file("model.pt")
