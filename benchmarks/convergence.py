@@ -8,6 +8,8 @@ it, as in the study. Writes the figures to ``benchmarks/results/convergence.json
 ``--docs``, a table and a plot to ``docs/convergence.md`` and ``docs/convergence.png``.
 
     python benchmarks/convergence.py --docs          # the default params: about 25 minutes on 2 cores
+    python benchmarks/convergence.py --set train.batch_size=32 --set train.lr=0.02 --budgets 1 --n
+                                                     # one choice of schedule, its bases only
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from common import ROOT, load_params, parser, save, table
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from transferability import params as tparams  # noqa: E402
 from transferability.atomic import atomic_path, write_text  # noqa: E402
+from transferability.stats import t_interval  # noqa: E402
 
 CLI = [sys.executable, "-m", "transferability.cli"]
 PLATEAU = 0.003  # doubling the budget moves a converged base by less than 0.3 points
@@ -106,10 +110,15 @@ def summary(lad: dict[str, Any], ns: list[int]) -> list[dict[str, Any]]:
             row[f"BnB+{n} - baseB"] = mean(u[f"BnB-ft/n{n}"]["top1_kbest"] - u["baseB"]["top1_kbest"] for u in units)
         rows.append(row)
     for row in rows:
-        double = next((r for r in rows if r["epochs"] == 2 * row["epochs"]), None)
-        row["baseB move when doubled"] = None if double is None else double["baseB"] - row["baseB"]
-        row["bases move when doubled"] = None if double is None else \
-            (double["baseA"] + double["baseB"] - row["baseA"] - row["baseB"]) / 2
+        e = str(row["epochs"])
+        double = str(2 * row["epochs"])
+        moves = [lad[double][u][b]["top1_kbest"] - lad[e][u][b]["top1_kbest"]
+                 for u in lad[e] for b in ("baseA", "baseB")] if double in lad else []
+        est = t_interval(moves) if moves else None
+        row["baseB move when doubled"] = None if double not in lad else \
+            mean(lad[double][u]["baseB"]["top1_kbest"] - lad[e][u]["baseB"]["top1_kbest"] for u in lad[e])
+        row["bases move when doubled"] = None if est is None else est.mean
+        row["bases move ci95"] = None if est is None or est.low is None else [est.low, est.high]
     return rows
 
 
@@ -161,13 +170,15 @@ def markdown(rows: list[dict[str, Any]], ns: list[int], params: dict[str, Any], 
         "metric (mean of the k best evaluations), averaged over the units. A base is on its plateau when doubling "
         f"its budget moves it by less than {PLATEAU * 100:.1f} points.",
         "",
-        "| epochs | steps | baseA | baseB | baseB final | bases move when doubled | "
+        "| epochs | steps | baseA | baseB | baseB final | bases move when doubled (95% interval) | "
         + " | ".join(f"BnB+ n={n} - baseB" for n in ns) + " | s per base |",
         "|" + "---|" * (7 + len(ns)),
     ]
     for r in rows:
+        ci = r["bases move ci95"]
         lines.append(f"| {r['epochs']} | {r['steps']} | {f(r['baseA'])} | {f(r['baseB'])} | {f(r['baseB_final'])} | "
-                     f"{f(r['bases move when doubled'], True)} | "
+                     f"{f(r['bases move when doubled'], True)}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+                     + " | "
                      + " | ".join(f(r[f'BnB+{n} - baseB'], True) for n in ns) + f" | {r['base_s']:.0f} |")
     lines += ["", "![convergence ladder](convergence.png)", ""]
     return "\n".join(lines)
@@ -178,11 +189,21 @@ def main() -> None:
     p.add_argument("--budgets", nargs="+", type=float, default=[0.25, 0.5, 1, 2],
                    help="multiples of the params' train.epochs (default: 0.25 0.5 1 2)")
     p.add_argument("--units", type=int, default=2, help="units (split, seed) from experiment.splits x seeds")
-    p.add_argument("--n", nargs="+", type=int, default=[1, 4, 7], help="BnB+ at these n")
+    p.add_argument("--n", nargs="*", type=int, default=[1, 4, 7], help="BnB+ at these n (none: bases only)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a params key for this ladder, e.g. train.batch_size=32 (YAML value)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--docs", action="store_true", help="write docs/convergence.md and docs/convergence.png")
     args = p.parse_args()
     params = load_params(args.params, args.quick)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *path, last = key.split(".")
+        section = params
+        for k in path:
+            section = section[k]
+        section[last] = yaml.safe_load(value)
+    tparams.validate(params, "--set")
     exp = params["experiment"]
     units = [(s, seed) for seed in exp["seeds"] for s in exp["splits"]][: args.units]
     budgets = sorted({max(1, round(b * params["train"]["epochs"])) for b in args.budgets})
