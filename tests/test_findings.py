@@ -125,4 +125,6 @@ def test_the_budget_check_fires_on_under_trained_bases_and_stays_silent_on_conve
     assert all(e["within_margin"] for e in converged["by_n"].values())
     wide = budget_check(runs(2, ft_gain=0.0, noise=0.01), ["random0"], 0.01)  # 2 replicates: t = 12.7
     assert not wide["passes"] and "convergence not shown" in wide["warning"]
+    one = budget_check(runs(1, ft_gain=0.0), ["random0"], 0.01)
+    assert not one["passes"] and "one replicate gives no interval" in one["warning"]
     assert budget_check([r for r in runs(2) if r["family"] != "BnB+"], ["random0"], 0.01) is None

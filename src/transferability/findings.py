@@ -163,7 +163,10 @@ def budget_check(rows: list[dict[str, Any]], random_splits: list[str], margin: f
                    "study": ref.get(n)} for n, e in by_n.items()}
     above = [n for n, e in by_n.items() if e.low is not None and e.low > 0]
     wide = [n for n in by_n if not entries[n]["within_margin"] and n not in above]
-    if above:
+    if all(e.low is None for e in by_n.values()):
+        warning = ("convergence not shown: one replicate gives no interval; train two or more units (experiment.splits "
+                   "x seeds) to check that BnB+ stays within the margin of its base")
+    elif above:
         worst = max(above, key=lambda n: by_n[n].mean)
         warning = (f"the bases look under-trained: BnB+ (retrained from its own base) beats the base at "
                    f"n = {', '.join(map(str, above))} (by {by_n[worst].mean:+.4f} at n = {worst}), so the curves "
