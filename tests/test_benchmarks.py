@@ -44,6 +44,7 @@ def test_compute_benchmark(tmp_path):
     assert all(v > 0 for v in f["matmul_gflops"].values())
     assert f["train_step"]["caffenet, batch 32 (cpu)"]["flops_per_image"] > 4e9  # about 4.35 GFLOP a training image
     assert len(f["settings"]) == 7 and all(v["images_per_s"] > 0 for v in f["settings"].values())
+    assert sorted(map(int, f["batch_sizes"])) == [8, 16, 32, 64, 128]
 
 
 def test_prepare_benchmark(tmp_path):
