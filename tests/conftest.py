@@ -100,6 +100,8 @@ def snakemake_ws(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def dvc_ws(tmp_path_factory):
+    """`dvc repro` on one core: each stage then runs with 1 thread, as Snakemake's jobs do with the
+    smoke profile's compute.threads (the thread count changes the last bits of a network's numbers)."""
     ws = make_workspace(tmp_path_factory.mktemp("dvc"))
-    sh(["dvc", "repro"], ws)
+    sh(["taskset", "-c", str(min(os.sched_getaffinity(0))), "dvc", "repro"], ws)
     return ws

@@ -4,6 +4,7 @@ paths, produce bit-identical metrics, and DVC can record, reproduce and diff the
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -19,8 +20,9 @@ from .conftest import ROOT, SMOKE, dvc_reads, make_workspace, sh
 pytestmark = pytest.mark.slow
 NETWORKS = 37 + 9  # random0: 2 bases, 4 variants x 7 n, 7 random-filter controls; dissimilar: 2 bases, AnB x 7
 PROFILES = sorted((ROOT / "workflow" / "params").glob("*.yaml"))
-# The CLI's option before the stage: which params file (Snakemake passes the one it was given).
-GLOBAL_OPTIONS = re.compile(r" --params \S+")
+# The CLI's options before the stage: which params file and how many threads. Snakemake passes the
+# file it was given and the threads it gave the job; DVC passes params.yaml and lets a stage take every core.
+GLOBAL_OPTIONS = re.compile(r" --(?:params|threads) \S+")
 
 
 def stage_command(cmd: str) -> str:
@@ -29,7 +31,7 @@ def stage_command(cmd: str) -> str:
 
 
 def snakemake_jobs(ws: Path, *extra: str) -> list[dict]:
-    """Jobs of a forced dry run: rule, outputs, resources and the stage command (log redirect cut)."""
+    """Jobs of a forced dry run: rule, outputs, resources, threads and the stage command (log redirect cut)."""
     out = sh(["snakemake", "-n", "-p", "--forceall", "--cores", "all", *extra], ws).stdout
     jobs = []
     for block in out.split("\nrule ")[1:]:
@@ -38,8 +40,9 @@ def snakemake_jobs(ws: Path, *extra: str) -> list[dict]:
             continue
         fields = dict(re.findall(r"^    (\w+): (.*)$", block, re.M))
         cmd = re.search(r"^Shell command: (.*)$", block, re.M)[1].split(" > ")[0]
+        threads = re.search(r" --threads (\d+) ", cmd)
         jobs.append({"rule": rule, "outputs": set(fields["output"].split(", ")), "resources": fields["resources"],
-                     "cmd": stage_command(cmd)})
+                     "threads": int(threads[1]) if threads else None, "cmd": stage_command(cmd)})
     return jobs
 
 
@@ -97,11 +100,12 @@ def test_snakemake_config_overrides_and_two_configfiles_are_refused_in_one_line(
 
 
 def test_snakemake_run_writes_the_report(snakemake_ws):
-    # the jobs read the profile alone (not merged with params.yaml)
+    # the jobs read the profile alone (not merged with params.yaml), each with the threads Snakemake gave it
     smoke = tparams.load(SMOKE)
     base = json.loads((snakemake_ws / "data/runs/random0/seed0/baseB/metrics.json").read_text())
     assert {k: base["params"][k] for k in ("dataset", "model", "train", "evaluate")} == \
         {k: smoke[k] for k in ("dataset", "model", "train", "evaluate")}
+    assert base["params"]["compute"]["threads"] == smoke["compute"]["threads"] == 1
     reports = snakemake_ws / "reports"
     for name in ("index.html", "metrics.json", "figure2.png", "curves.png", "probes.png", "runs.csv",
                  "decomposition.md", "fne.md", "findings.md", "dissimilar.png", "random_filters.png"):
@@ -155,6 +159,30 @@ def test_the_two_dags_agree(tmp_path):
         stage_outs = {o for o in by_cmd[job["cmd"]]["outputs"] if not o.startswith("data/checkpoints/")}
         assert job["outputs"] == stage_outs, job["cmd"]
     assert len([j for j in jobs if j["rule"].startswith("train")]) == NETWORKS
+    # the jobs that compute ask for compute.threads; split and report run on one
+    assert {j["rule"]: j["threads"] for j in jobs} == {"prepare": 1, "split": None, "train_base": 1,
+                                                      "train_transfer": 1, "features": 1, "embed": 1, "report": None}
+
+
+def test_snakemake_jobs_take_the_threads_snakemake_gives_them(tmp_path):
+    params = yaml.safe_load(SMOKE.read_text())
+    params["compute"]["threads"] = 2
+    f = tmp_path / "two.yaml"
+    f.write_text(yaml.safe_dump(params))
+    ws = make_workspace(tmp_path / "ws", f)
+    computing = ("prepare", "train_base", "train_transfer", "features", "embed")
+    for cores, threads in (("2", 2), ("1", 1)):  # --cores 1: Snakemake scales every job down to 1
+        jobs = [j for j in snakemake_jobs(ws, "--cores", cores) if j["rule"] in computing]
+        assert {j["threads"] for j in jobs} == {threads}, cores
+
+
+def test_a_dvc_stage_takes_every_core_and_records_it(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    sh(["dvc", "repro", "train_base@random0-0-baseA"], ws)
+    cores = len(os.sched_getaffinity(0))
+    metrics = json.loads((ws / "data/runs/random0/seed0/baseA/metrics.json").read_text())
+    timing = json.loads((ws / "data/runs/random0/seed0/baseA/timing.json").read_text())
+    assert metrics["params"]["compute"]["threads"] == timing["threads"] == cores
 
 
 def test_dvc_repro_gives_the_same_metrics_as_snakemake(snakemake_ws, dvc_ws):
@@ -190,7 +218,7 @@ def test_gpu_plan_asks_one_gpu_per_training_job(tmp_path):
     assert all("gpu=1" in j["resources"] for j in train)
     assert all("gpu=" not in j["resources"] for j in jobs if not j["rule"].startswith("train"))
     dry = sh(["dvc", "repro", "--dry", "--force"], ws).stdout
-    assert sorted(re.findall(r"^> (.*)$", dry, re.M)) == sorted(j["cmd"] for j in jobs)
+    assert sorted(stage_command(c) for c in re.findall(r"^> (.*)$", dry, re.M)) == sorted(j["cmd"] for j in jobs)
 
 
 def test_snakemake_lint_is_clean(tmp_path):

@@ -24,6 +24,12 @@ from .errors import UserError
 _held: list[IO] = []  # lock files held open by this process
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, which taskset, cgroup cpusets and Slurm
+    narrow; os.cpu_count() counts the whole machine's, whatever this job was granted."""
+    return len(os.sched_getaffinity(0))
+
+
 def physical_ids(count: int) -> list[str]:
     """The machine's names of the cards torch numbers 0..count-1 (CUDA_VISIBLE_DEVICES, if set)."""
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]

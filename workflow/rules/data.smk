@@ -13,7 +13,7 @@ rule prepare:
     conda:
         "../envs/transferability.yaml"
     shell:
-        "transferability --params {params.file} prepare > {log} 2>&1"
+        "transferability --params {params.file} --threads {threads} prepare > {log} 2>&1"
 
 
 rule split:
