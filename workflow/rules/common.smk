@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 from transferability import params as tparams
-from transferability import runs
+from transferability import runs, sources
 from transferability.errors import UserError
 
 
@@ -29,6 +29,9 @@ except UserError as exc:
     sys.exit(f"error: {exc}")
 
 STORE = str(runs.prepared_path(P))
+# The store's manifest stands for the store in the DAG: prepare writes it last, in the same atomic swap of
+# the folder, and as an `update` output Snakemake keeps the previous store in place while prepare runs.
+STORE_MANIFEST = f"{STORE}/manifest.json"
 USES_GPU = P["compute"]["device"] != "cpu"
 THREADS = P["compute"]["threads"]
 BASE_OUTPUTS = [f"{runs.BASE_DIR}/{name}" for name in runs.RUN_FILES]
@@ -48,6 +51,12 @@ wildcard_constraints:
     n=runs.WILDCARDS["n"],
     network=runs.WILDCARDS["network"],
     target=runs.WILDCARDS["target"],
+
+
+def source_fingerprint(wildcards):
+    """prepare's `params:` value: the dataset's files by path, size and mtime, so a changed source
+    re-runs prepare and all that follows (sources.fingerprint: stats only, no reads)."""
+    return sources.fingerprint(P["dataset"])
 
 
 def params_digest(*sections):

@@ -1,11 +1,12 @@
 rule prepare:
     output:
-        directory(STORE),
+        update(STORE_MANIFEST),
     log:
         "data/logs/prepare.log",
     params:
         file=PARAMS_FILE,
         digest=params_digest("dataset"),
+        source=source_fingerprint,
     threads: THREADS
     resources:
         mem_mb=4000,
@@ -18,7 +19,7 @@ rule prepare:
 
 rule split:
     input:
-        STORE,
+        STORE_MANIFEST,
     output:
         runs.SPLIT,
     log:

@@ -3,7 +3,7 @@
 
 rule features:
     input:
-        STORE,
+        STORE_MANIFEST,
         runs.SPLIT,
         trained_model,
     output:

@@ -4,7 +4,7 @@
 
 rule train_base:
     input:
-        STORE,
+        STORE_MANIFEST,
         runs.SPLIT,
     output:
         BASE_OUTPUTS,
@@ -30,7 +30,7 @@ rule train_base:
 
 rule train_transfer:
     input:
-        STORE,
+        STORE_MANIFEST,
         runs.SPLIT,
         source_model,
     output:
