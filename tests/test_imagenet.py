@@ -13,7 +13,7 @@ from transferability import params as tparams
 from transferability import runs
 
 from .conftest import ROOT, make_workspace, sh
-from .test_workflow import snakemake_jobs
+from .test_workflow import snakemake_jobs, stage_command
 
 PROFILES = ROOT / "workflow" / "params"
 
@@ -33,7 +33,7 @@ def test_imagenet_profiles_plan_every_network_on_one_gpu_each(tmp_path, profile)
     assert len(train) == len(runs.networks(params)) == 37 + 16  # random0; natman: bases, AnB and BnA
     assert all("gpu=1" in j["resources"] for j in train)
     dry = sh(["dvc", "repro", "--dry", "--force"], ws).stdout
-    assert sorted(re.findall(r"^> (.*)$", dry, re.M)) == sorted(j["cmd"] for j in jobs)
+    assert sorted(stage_command(c) for c in re.findall(r"^> (.*)$", dry, re.M)) == sorted(j["cmd"] for j in jobs)
 
 
 def test_imagenet_profile_reads_the_studys_lists(tmp_path):

@@ -9,6 +9,7 @@ import sys
 from . import params as params_mod
 from . import runs, stages
 from .allocator import keep_freed_memory
+from .devices import usable_cores
 from .errors import UserError
 
 DISK_ERRORS = {
@@ -22,6 +23,11 @@ DISK_ERRORS = {
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="transferability", description=__doc__)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="cores this job uses: torch and BLAS threads, image-decoding processes (default: every "
+                        "core this process may use; Snakemake passes the threads it gave the job, which "
+                        "compute.threads asks for). Recorded in a network's metrics.json: it changes the last "
+                        "bits of the float sums")
     sub = p.add_subparsers(dest="stage", required=True)
     sub.add_parser("check", help="validate the params file and exit")
     sub.add_parser("plan", help="list every network the params ask for")
@@ -52,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     try:
         params = params_mod.load(args.params)
+        if args.threads is not None and args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        # what this job runs with, so the stages use it and a network's metrics.json records it
+        params["compute"]["threads"] = args.threads or usable_cores()
         if args.stage == "check":
             print(f"{args.params}: valid; {len(runs.networks(params))} networks planned")
         elif args.stage == "plan":

@@ -32,6 +32,12 @@ _held: list[IO] = []  # lock files held open by this process
 DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity, which taskset, cgroup cpusets and Slurm
+    narrow; os.cpu_count() counts the whole machine's, whatever this job was granted."""
+    return len(os.sched_getaffinity(0))
+
+
 def _ids(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 

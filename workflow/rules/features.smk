@@ -3,7 +3,7 @@
 
 rule features:
     input:
-        STORE,
+        STORE_MANIFEST,
         runs.SPLIT,
         trained_model,
     output:
@@ -22,7 +22,7 @@ rule features:
     conda:
         "../envs/transferability.yaml"
     shell:
-        "transferability --params {params.file} features --split {wildcards.split} --seed {wildcards.seed} --network {wildcards.network} --target {wildcards.target} > {log} 2>&1"
+        "transferability --params {params.file} --threads {threads} features --split {wildcards.split} --seed {wildcards.seed} --network {wildcards.network} --target {wildcards.target} > {log} 2>&1"
 
 
 rule embed:
@@ -44,4 +44,4 @@ rule embed:
     conda:
         "../envs/transferability.yaml"
     shell:
-        "transferability --params {params.file} embed --split {wildcards.split} --seed {wildcards.seed} --network {wildcards.network} --target {wildcards.target} > {log} 2>&1"
+        "transferability --params {params.file} --threads {threads} embed --split {wildcards.split} --seed {wildcards.seed} --network {wildcards.network} --target {wildcards.target} > {log} 2>&1"

@@ -4,7 +4,7 @@
 
 rule train_base:
     input:
-        STORE,
+        STORE_MANIFEST,
         runs.SPLIT,
     output:
         BASE_OUTPUTS,
@@ -25,12 +25,12 @@ rule train_base:
     conda:
         "../envs/transferability.yaml"
     shell:
-        "transferability --params {params.file} train --split {wildcards.split} --seed {wildcards.seed} --variant {wildcards.variant} > {log} 2>&1"
+        "transferability --params {params.file} --threads {threads} train --split {wildcards.split} --seed {wildcards.seed} --variant {wildcards.variant} > {log} 2>&1"
 
 
 rule train_transfer:
     input:
-        STORE,
+        STORE_MANIFEST,
         runs.SPLIT,
         source_model,
     output:
@@ -52,4 +52,4 @@ rule train_transfer:
     conda:
         "../envs/transferability.yaml"
     shell:
-        "transferability --params {params.file} train --split {wildcards.split} --seed {wildcards.seed} --variant {wildcards.variant} --n {wildcards.n} > {log} 2>&1"
+        "transferability --params {params.file} --threads {threads} train --split {wildcards.split} --seed {wildcards.seed} --variant {wildcards.variant} --n {wildcards.n} > {log} 2>&1"
