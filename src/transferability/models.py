@@ -96,19 +96,22 @@ def init_layer(net: AlexNetFamily, k: int, scheme: str) -> None:
             m.bias.zero_()
 
 
+def layer_sizes(model: dict[str, Any]) -> tuple[tuple, int]:
+    """The conv layers' specification and the fc6/fc7 width of the params' architecture."""
+    if model["arch"] == "caffenet":
+        return CAFFENET_CONVS, CAFFENET_FC
+    width = model.get("width", 1.0)
+    return small_convs(width), max(2, round(256 * width))
+
+
 def build_model(model: dict[str, Any], in_channels: int, num_classes: int, input_size: int,
                 seed: int, fast_lrn: bool = True) -> AlexNetFamily:
     """Build and initialise a network; the same seed gives the same weights.
 
     ``fast_lrn`` swaps torch's LocalResponseNorm for lrn.py's (same numbers, bit for bit)."""
-    if model["arch"] == "caffenet":
-        convs, fc = CAFFENET_CONVS, CAFFENET_FC
-    else:
-        width = model.get("width", 1.0)
-        convs, fc = small_convs(width), max(2, round(256 * width))
     with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
         torch.manual_seed(seed)
-        net = AlexNetFamily(convs, fc, in_channels, num_classes, input_size, model["dropout"], fast_lrn)
+        net = AlexNetFamily(*layer_sizes(model), in_channels, num_classes, input_size, model["dropout"], fast_lrn)
         for k in range(1, 9):
             init_layer(net, k, model["init"])
     return net
