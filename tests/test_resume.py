@@ -302,3 +302,24 @@ def test_ctrl_c_in_a_prepare_with_worker_processes_prints_one_line(tmp_path, par
     assert err.strip().splitlines()[-1].startswith("interrupted (SIGINT): the work so far is kept")
     done = subprocess.run(["transferability", "prepare"], cwd=ws, env=ENV, capture_output=True, text=True, check=True)
     assert "shards already done" in done.stderr
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_run_killed_and_resumed_is_identical(tmp_path, params_file):
+    """On a GPU: momentum buffers back on the card (else the first step fails) and the card's generator
+    restored (else dropout masks restart), so the resumed run's files are the uninterrupted run's."""
+    params = yaml.safe_load(params_file.read_text())
+    params["compute"].update(device="cuda", gpu_lock_dir=str(tmp_path / "locks"))
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    ref, ws = prepared_workspace(tmp_path / "ref", f), prepared_workspace(tmp_path / "ws", f)
+    subprocess.run(TRAIN, cwd=ref, env=ENV, check=True, capture_output=True)
+    # every write held 0.5 s, so the kill lands before the fast GPU run has finished
+    proc = subprocess.Popen(TRAIN, cwd=ws, env={**ENV, "TRANSFERABILITY_PAUSE_BEFORE_RENAME_S": "0.5"},
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    assert wait_for_new_checkpoint(ws, proc)
+    assert kill_group(proc) == -signal.SIGKILL
+    done = subprocess.run(TRAIN, cwd=ws, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0 and "resumed from epoch" in done.stderr, done.stderr[-2000:]
+    for name in ("metrics.json", "curve.csv", "model.pt"):
+        assert (ws / BASE / name).read_bytes() == (ref / BASE / name).read_bytes(), name

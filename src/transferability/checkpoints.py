@@ -134,8 +134,13 @@ def exclusive(path: Path, label: str) -> Iterator[None]:
     The kernel drops the lock when the holder ends, however it ends. Waiting rather than refusing:
     the first job's finished checkpoint then completes this one in seconds with the same files, so
     a rerun beside an orphaned job succeeds instead of failing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a+") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path.with_name(f".{path.name}.lock"), "a+")  # noqa: SIM115 (closed below)
+    except OSError:  # a folder this job cannot write: no job can train here, and the stage says so in one line
+        yield
+        return
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -144,8 +149,9 @@ def exclusive(path: Path, label: str) -> Iterator[None]:
             print(f"{label}: another job ({holder}) is training this network ({path}); waiting for it to "
                   "end, then this job takes up its checkpoint", file=sys.stderr)
             fcntl.flock(f, fcntl.LOCK_EX)
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {platform.node()}\n")
-        f.flush()
+        with contextlib.suppress(OSError):  # who holds it, for the message above: a full disk may refuse it
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {platform.node()}\n")
+            f.flush()
         yield

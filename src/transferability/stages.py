@@ -135,10 +135,10 @@ def _train_held(params: dict[str, Any], network: Network) -> Network:
                        fast_lrn=compute.get("fast_lrn", True)).to(device)
     if compute.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
-    # model.pt, and a checkpoint of the model with its momentum buffers, with room to spare
-    need = 4 * sum(p.numel() for p in net.parameters()) * 4 + 2**20
-    for folder in (network.dir, network.checkpoint.parent):
-        ensure_writable(folder, need)
+    # model.pt; two checkpoints (model and momentum), the previous one kept while the next is written
+    model_bytes = 4 * sum(p.numel() for p in net.parameters())
+    for folder, need in ((network.dir, 2 * model_bytes), (network.checkpoint.parent, 2 * 2 * model_bytes)):
+        ensure_writable(folder, need + 2**20)
     recorded = {k: params[k] for k in ("dataset", "model", "train", "evaluate")}
     recorded["compute"] = {"threads": compute["threads"], "channels_last": compute.get("channels_last"),
                            "precision": compute.get("precision", "float32"), "compile": compute.get("compile", False)}
