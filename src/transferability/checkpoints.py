@@ -86,8 +86,8 @@ def save(path: Path, tag: str, net: torch.nn.Module, opt: Any, state: dict[str, 
 def load(path: Path, tag: str, net: torch.nn.Module, opt: Any, gen: torch.Generator,
          device: torch.device) -> dict[str, Any] | None:
     """Restore the newest intact checkpoint written for this exact run (same tag); None if there is none."""
-    then = "falling back to the previous epoch's checkpoint, else to the start"
-    for candidate in (path, previous(path)):
+    for candidate, then in ((path, "falling back to the previous epoch's checkpoint, else to the start"),
+                            (previous(path), "starting from the first epoch")):
         if not intact(candidate, then):
             continue
         try:
@@ -136,7 +136,7 @@ def exclusive(path: Path, label: str) -> Iterator[None]:
     a rerun beside an orphaned job succeeds instead of failing."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(path.with_name(f".{path.name}.lock"), "a+")  # noqa: SIM115 (closed below)
+        f = open(path.with_name(f".{path.name}.lock"), "a+")  # closed by the with below
     except OSError:  # a folder this job cannot write: no job can train here, and the stage says so in one line
         yield
         return
