@@ -101,3 +101,23 @@ def test_the_evaluation_batch_changes_no_number(tmp_path, params):
         stages.train_network(params, "random0", 0, "baseB", None)
         files.add((run / "metrics.json").read_bytes())
     assert len(files) == 1
+
+
+@pytest.mark.parametrize("dynamic", [False, None])
+def test_compiling_gives_a_short_last_batch_its_own_static_graph(dynamic):
+    """None is torch.compile's default (what the loop used): its second shape compiles a dynamic graph."""
+    import torch
+    from torch._dynamo.testing import EagerAndRecordGraphs
+
+    from transferability.training import compiled
+
+    torch._dynamo.reset()
+    backend = EagerAndRecordGraphs()
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    model = compiled(net, backend) if dynamic is False else torch.compile(net, backend=backend)
+    for size in (8, 8, 3, 8, 3):  # epochs of 19 images in batches of 8
+        model(torch.randn(size, 4))
+    symbolic = [n.name for g in backend.graphs for n in g.graph.nodes
+                if n.op == "placeholder" and isinstance(n.meta.get("example_value"), torch.SymInt)]
+    assert len(backend.graphs) == 2
+    assert (symbolic == []) == (dynamic is False), symbolic

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import sys
 
 from . import params as params_mod
@@ -53,9 +54,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, or the SIGTERM with which Snakemake, Slurm and Kubernetes stop a job."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     keep_freed_memory()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         params = params_mod.load(args.params)
         if args.threads is not None and args.threads < 1:
@@ -81,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             from .report import build_report
 
             build_report(params)
+    except Interrupted as exc:
+        print(f"interrupted ({signal.Signals(exc.signum).name}): the work so far is kept (finished epochs, "
+              "shards and outputs); run the same command again to resume", file=sys.stderr)
+        return 128 + exc.signum
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

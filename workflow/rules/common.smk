@@ -94,6 +94,22 @@ def report_outputs():
     return out
 
 
+def train_mem_mb(wildcards):
+    """A training job's memory request (MiB): what it holds at its peak, from params, the store and the split."""
+    from transferability import memory  # imports torch: only once Snakemake plans a job
+
+    n = int(wildcards.n) if hasattr(wildcards, "n") else None
+    return memory.train_mb(P, runs.Network(wildcards.split, int(wildcards.seed), wildcards.variant, n))
+
+
+def features_mem_mb(wildcards):
+    """A features job's memory request (MiB): the network, a batch and a shard of its dump."""
+    from transferability import memory
+
+    return memory.features_mb(P, runs.FeatureJob(wildcards.split, int(wildcards.seed), wildcards.network,
+                                                 wildcards.target))
+
+
 def source_model(wildcards):
     """A transfer network's input: the model.pt of the base it copies layers from (none for RnB)."""
     net = runs.Network(wildcards.split, int(wildcards.seed), wildcards.variant, int(wildcards.n))

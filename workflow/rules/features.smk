@@ -17,7 +17,7 @@ rule features:
         digest=params_digest("dataset", "model", "train", "evaluate", "features"),
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=features_mem_mb,
         runtime=60,
     conda:
         "../envs/transferability.yaml"

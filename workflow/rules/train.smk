@@ -18,7 +18,7 @@ rule train_base:
     threads: THREADS
     resources:
         gpu=int(USES_GPU),
-        mem_mb=4000,
+        mem_mb=train_mem_mb,
         runtime=24 * 60,
     wildcard_constraints:
         variant=runs.WILDCARDS["variant_base"],
@@ -45,7 +45,7 @@ rule train_transfer:
     threads: THREADS
     resources:
         gpu=int(USES_GPU),
-        mem_mb=4000,
+        mem_mb=train_mem_mb,
         runtime=24 * 60,
     wildcard_constraints:
         variant=runs.WILDCARDS["variant_transfer"],
