@@ -41,7 +41,7 @@ def test_gpu_check_runs_on_the_cpu_as_the_readme_shows(tmp_path):
     report = json.loads((out / "gpu_check.json").read_text())
     s = report["sections"]
     assert report["mode"] == "cpu" and report["finished"] and report["elapsed_s"] < report["budget_s"]
-    assert list(s) == ["setup", "device", "smoke", "snakemake", "lock", "prepare", "throughput"]
+    assert sorted(s) == sorted(["setup", "device", "smoke", "snakemake", "lock", "prepare", "throughput"])
     assert {k: v["status"] for k, v in s.items()} == dict.fromkeys(s, "ok"), json.dumps(s, indent=1)[-4000:]
     assert s["setup"]["missing_after"] == [] and s["device"]["torch"]
 
@@ -96,8 +96,8 @@ def test_gpu_check_without_a_gpu_says_why_and_still_writes_its_report(tmp_path):
     s = report["sections"]
     assert report["mode"] == "cuda" and report["finished"] and s["setup"]["status"] == "ok"
     assert s["device"]["status"] == "failed" and "finds no CUDA device" in s["device"]["error"]
-    assert [k for k, v in s.items() if v["status"] == "skipped"] == ["smoke", "snakemake", "lock", "prepare",
-                                                                     "throughput"]
+    assert sorted(k for k, v in s.items() if v["status"] == "skipped") == ["lock", "prepare", "smoke", "snakemake",
+                                                                           "throughput"]
     assert all(v["summary"] == "skipped: the device section failed" for k, v in s.items() if k not in
                ("setup", "device"))
     assert "| device | failed |" in (tmp_path / "gpu_check.md").read_text()
