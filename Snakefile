@@ -5,7 +5,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "params.yaml"
+# params.yaml, unless --configfile names another whole params file (a profile, workflow/params/):
+# Snakemake would deep-merge the two, and keys only params.yaml has would reach the DAG. (--config
+# is refused in common.smk: the jobs read a params file, never Snakemake's config.)
+if not (workflow.overwrite_configfiles or workflow.config_settings.config):
+
+    configfile: "params.yaml"
 
 
 report: "workflow/report/workflow.rst"

@@ -4,7 +4,9 @@ The ImageNet profile's path end to end: 256x256 uint8 images in a memory-mapped 
 store holds them) streamed per batch (pinned memory, asynchronous copy on a GPU), random 227 crops
 and mirroring on the device, mean subtraction, CaffeNet with Caffe initialisation, the study's SGD,
 with the profile's precision, memory layout and torch.compile. One warm-up pass (allocations,
-compilation), then the measured one; evaluation time is left out of the figure. A GPU owner runs
+compilation), then the measured one; evaluation time is left out of the figure. Torch is set up by
+the training stage's own ``devices.setup`` (threads, float32 precision, deterministic algorithms,
+a claimed card), so the figure is what a training job gets. A GPU owner runs
 
     python benchmarks/caffenet.py                 # the imagenet profile's settings on the GPU found
     python benchmarks/caffenet.py --steps 50 --precision float32 --no-compile
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import tempfile
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from common import ROOT, parser, save, table
 
 from transferability import params as tparams
 from transferability.data import HalfData, Streamed
-from transferability.devices import resolve_device
+from transferability.devices import setup
 from transferability.models import build_model, forward_flops
 from transferability.training import train
 
@@ -55,26 +56,27 @@ def main() -> None:
     p.add_argument("--device", default="auto", help="cpu | cuda | auto (default: a GPU if there is one)")
     p.add_argument("--batch", type=int, default=None, help="training batch (default: the profile's, 256)")
     p.add_argument("--steps", type=int, default=None, help="measured steps (default: 3 on a CPU, 50 on a GPU)")
-    p.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
+    p.add_argument("--precision", choices=["float32", "tf32", "bfloat16"], default=None,
                    help="default: the profile's on a GPU, float32 on a CPU")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile (default: the profile's on a GPU, off on a CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the profile's compute.threads)")
     args = p.parse_args()
     params = copy.deepcopy(tparams.load(args.params))
     compute = params["compute"]
-    device = resolve_device(args.device, compute.get("gpu_lock_dir", "/tmp/transferability-gpu-locks"))
+    compute.update(device=args.device, threads=args.threads or compute["threads"],
+                   precision=args.precision or compute.get("precision", "float32"))
+    device = setup(compute)
     gpu = device.type == "cuda"
-    threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    compute.update(precision=compute["precision"] if gpu or args.precision else "float32",
+                   compile=args.compile if args.compile is not None else compute.get("compile", False) and gpu)
+    threads = torch.get_num_threads()
     batch = args.batch or params["train"]["batch_size"]
     steps = args.steps or (1 if args.quick else 50 if gpu else 3)
     if args.quick:
         batch = min(batch, 16)
-    compute.update(device=device.type, threads=threads,
-                   precision=args.precision or (compute.get("precision", "float32") if gpu else "float32"),
-                   compile=args.compile if args.compile is not None else compute.get("compile", False) and gpu)
     params["train"].update(epochs=1, batch_size=batch)
-    params["evaluate"].update(evals_per_epoch=1, k_best=1)
+    params["evaluate"].update(evals=1, k_best=1)
     model = params["model"]
     flops = 3 * forward_flops(build_model(model, 3, CLASSES, 227, seed=0), 3, 227)
     rates = {}
@@ -91,6 +93,8 @@ def main() -> None:
     figures = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if gpu else "cpu",
                "threads": threads, "batch": batch, "steps": steps, "precision": compute["precision"],
                "compile": compute["compile"], "channels_last": compute.get("channels_last", False),
+               "conv_fp32_precision": torch.backends.cudnn.conv.fp32_precision,
+               "deterministic": torch.are_deterministic_algorithms_enabled(),
                "train_images_per_s": rate, "warmup_images_per_s": rates["warm-up"],
                "gflop_per_image": round(flops / 1e9, 3), "achieved_gflop_s": round(rate * flops / 1e9, 1)}
     table(["device", "batch", "precision", "compile", "images/s", "GFLOP/s"],

@@ -26,6 +26,8 @@ from common import load_params, parser, save, table
 from transferability.models import build_model, forward_flops
 from transferability.sgd import SGD
 
+BATCHES = (8, 16, 32, 64, 128)  # training batch sizes timed for the default net
+
 
 def matmul_gflops(threads: int, n: int = 1024, repeat: int = 10) -> float:
     torch.set_num_threads(threads)
@@ -133,7 +135,12 @@ def main() -> None:
     table(["setting", "images/s", "x default", "first step s"],
           [[k, v["images_per_s"], v["images_per_s"] / base, v.get("first_step_s", float("nan"))]
            for k, v in settings.items()])
-    save("compute", {"matmul_gflops": peak, "train_step": nets, "settings": settings}, params, args)
+    # a smaller batch converges in fewer images (docs/convergence.md) but costs more per image
+    by_batch = {b: step_rate(model, 28, 5, b, steps if args.quick else max(steps, 2560 // b)) for b in BATCHES}
+    table(["batch", "images/s", "x batch 128"],
+          [[b, r["images_per_s"], r["images_per_s"] / by_batch[128]["images_per_s"]] for b, r in by_batch.items()])
+    save("compute", {"matmul_gflops": peak, "train_step": nets, "settings": settings, "batch_sizes": by_batch},
+         params, args)
 
 
 if __name__ == "__main__":

@@ -51,8 +51,9 @@ def fmnist_store(tmp_path_factory, smoke_params):
     return load_store(dest)
 
 
-def make_workspace(dest: Path, params_file: Path = SMOKE) -> Path:
-    """A copy of the project in ``dest`` with ``params_file`` as its params.yaml, as a git repo."""
+def make_workspace(dest: Path, params_file: Path | None = SMOKE) -> Path:
+    """A copy of the project in ``dest`` with ``params_file`` as its params.yaml (None: the project's
+    own, for Snakemake given a profile with --configfile), as a git repo."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_ENTRIES:
         src = ROOT / name
@@ -60,7 +61,8 @@ def make_workspace(dest: Path, params_file: Path = SMOKE) -> Path:
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         else:
             shutil.copy2(src, dest / name)
-    shutil.copy2(params_file, dest / "params.yaml")
+    if params_file is not None:
+        shutil.copy2(params_file, dest / "params.yaml")
     run = dict(cwd=dest, check=True, capture_output=True, env=ENV)
     subprocess.run(["git", "init", "-q", "-b", "main"], **run)
     subprocess.run(["git", "-c", "user.email=t@example.org", "-c", "user.name=test", "add", "-A"], **run)
@@ -80,17 +82,26 @@ def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return proc
 
 
+def dvc_reads(ws: Path, profile: Path = SMOKE) -> Path:
+    """Copy ``profile`` over the workspace's params.yaml, as the README says for DVC (it reads only that)."""
+    shutil.copy2(profile, ws / "params.yaml")
+    return ws
+
+
 # The smoke DAG run once per test session, under each tool; test_workflow, test_dvc_remote,
 # test_snakemake_report and test_browser all read the same finished workspaces.
 @pytest.fixture(scope="session")
 def snakemake_ws(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("snakemake"))
-    sh(["snakemake", "--cores", "2"], ws)
+    """The README's command as typed, in a workspace that keeps the project's own params.yaml."""
+    ws = make_workspace(tmp_path_factory.mktemp("snakemake"), params_file=None)
+    sh(["snakemake", "--configfile", "workflow/params/smoke.yaml", "--cores", "2"], ws)
     return ws
 
 
 @pytest.fixture(scope="session")
 def dvc_ws(tmp_path_factory):
+    """`dvc repro` on one core: each stage then runs with 1 thread, as Snakemake's jobs do with the
+    smoke profile's compute.threads (the thread count changes the last bits of a network's numbers)."""
     ws = make_workspace(tmp_path_factory.mktemp("dvc"))
-    sh(["dvc", "repro"], ws)
+    sh(["taskset", "-c", str(min(os.sched_getaffinity(0))), "dvc", "repro"], ws)
     return ws

@@ -44,6 +44,7 @@ def test_compute_benchmark(tmp_path):
     assert all(v > 0 for v in f["matmul_gflops"].values())
     assert f["train_step"]["caffenet, batch 32 (cpu)"]["flops_per_image"] > 4e9  # about 4.35 GFLOP a training image
     assert len(f["settings"]) == 7 and all(v["images_per_s"] > 0 for v in f["settings"].values())
+    assert sorted(map(int, f["batch_sizes"])) == [8, 16, 32, 64, 128]
 
 
 def test_prepare_benchmark(tmp_path):
@@ -82,5 +83,23 @@ def test_caffenet_benchmark_runs_the_imagenet_profile_on_this_device(tmp_path):
     f = run_bench("caffenet", tmp_path, "--params", str(ROOT / "workflow" / "params" / "imagenet.yaml"))
     assert f["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
     assert f["batch"] == 16 and f["steps"] == 1 and f["train_images_per_s"] > 0
+    # the training stage's own set-up (devices.setup): the profile's 4 threads, not every core;
+    # float32 as IEEE float32; deterministic algorithms on a GPU only, as a training job has them
+    assert f["threads"] == 4 and f["conv_fp32_precision"] == "ieee"
+    assert f["deterministic"] == torch.cuda.is_available()
     assert f["gflop_per_image"] == pytest.approx(4.3, abs=0.1)  # the study's CaffeNet, 227x227 crops
     assert f["achieved_gflop_s"] == pytest.approx(f["train_images_per_s"] * f["gflop_per_image"], rel=0.01)
+
+
+def test_convergence_ladder(tmp_path):
+    """Two budgets of one unit: bases and BnB+ trained through the CLI, the move when doubled computed."""
+    f = run_bench("convergence", tmp_path, "--budgets", "0.5", "1", "--units", "1", "--n", "4")
+    assert [r["epochs"] for r in f["summary"]] == [1, 2]  # the smoke profile trains 2 epochs
+    first, second = f["summary"]
+    assert second["steps"] == 2 * first["steps"]
+    assert first["baseB move when doubled"] == pytest.approx(second["baseB"] - first["baseB"])
+    assert second["baseB move when doubled"] is None  # no rung at twice the last
+    unit = f["ladder"]["2"]["random0/seed0"]
+    assert first["BnB+4 - baseB"] == pytest.approx(f["ladder"]["1"]["random0/seed0"]["BnB-ft/n4"]["top1_kbest"]
+                                                   - f["ladder"]["1"]["random0/seed0"]["baseB"]["top1_kbest"])
+    assert sorted(unit) == ["BnB-ft/n4", "baseA", "baseB"] and all(0 < r["top1_kbest"] <= 1 for r in unit.values())

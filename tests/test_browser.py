@@ -58,7 +58,7 @@ def test_a_missing_figure_is_caught(have_browser, snakemake_ws, tmp_path):
 
 def test_the_snakemake_report_loads_without_console_errors(have_browser, snakemake_ws, tmp_path):
     out = tmp_path / "snakemake.html"
-    sh(["snakemake", "--report", str(out)], snakemake_ws)
+    sh(["snakemake", "--configfile", "workflow/params/smoke.yaml", "--report", str(out)], snakemake_ws)
     page = browser.open_page(out)
     assert page.title == "Snakemake Report"
     assert not page.errors, page.errors

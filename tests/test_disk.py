@@ -35,7 +35,9 @@ def cli(ws, *args, env=ENV):
 
 
 def snapshot(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file's bytes, but a checkpoint's lock file (it names the last job that held it)."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.endswith(".lock")}
 
 
 @pytest.fixture

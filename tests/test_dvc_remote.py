@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, sh
+from .conftest import ROOT, dvc_reads, sh
 
 pytestmark = pytest.mark.slow
 GIT = ["git", "-c", "user.email=t@example.org", "-c", "user.name=test"]
@@ -61,7 +61,7 @@ def test_the_committed_default_remote_is_a_directory_beside_the_checkout():
 @pytest.fixture(scope="module")
 def pushed(snakemake_ws):
     """The smoke workspace with the project's .dvc/config, recorded in dvc.lock and git, pushed."""
-    ws = snakemake_ws
+    ws = dvc_reads(snakemake_ws)  # the profile Snakemake was given, where DVC reads it
     shutil.copy2(ROOT / ".dvc" / "config", ws / ".dvc" / "config")
     sh(["dvc", "commit", "--force", "--quiet"], ws)
     sh([*GIT, "add", "-A"], ws)

@@ -21,21 +21,32 @@ from transferability.models import build_model
 
 
 def test_standardise_uses_training_statistics_only_and_zeroes_flat_columns():
-    train = np.array([[0.0, 1.0], [2.0, 1.0]])
-    test = np.array([[4.0, 5.0]])
+    train = np.array([[-4.0, 1.0], [4.0, 1.0], [0.0, 1.0]])
+    test = np.array([[8.0, 5.0]])
     ztr, zte = standardise(train, test)
-    assert ztr.tolist() == [[-1.0, 0.0], [1.0, 0.0]]   # mean (1, 1), std (1, 0)
-    assert zte.tolist() == [[3.0, 0.0]]                # (4 - 1) / 1; the zero-std column is 0
-    ztr2, _ = standardise(train, test * 1000)          # the test set never moves the statistics
+    assert ztr.tolist() == [[-1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]  # mean (0, 1), sample std (4, 0): ddof=1
+    assert zte.tolist() == [[2.0, 0.0]]                            # 8 / 4; the zero-std column is 0
+    ztr2, _ = standardise(train, test * 1000)                      # the test set never moves the statistics
     assert np.array_equal(ztr, ztr2)
+    assert standardise(np.array([[3.0, 1.0]]))[0].tolist() == [[0.0, 0.0]]  # one training row: no spread
 
 
 def test_thresholds_map_values_as_specified():
     z = np.array([[-1.0, -0.26, -0.25, -0.1, 0.0, 0.15, 0.151, 3.0]])
-    assert discretise(z).tolist() == [[-1, -1, 0, 0, 0, 0, 1, 1]]
+    assert discretise(z).tolist() == [[-1, -1, -1, 0, 0, 0, 1, 1]]
     assert discretise(z, -0.5, 0.5).tolist() == [[-1, 0, 0, 0, 0, 0, 0, 1]]
-    tr, te = fne(np.array([[0.0], [2.0]]), np.array([[1.2], [0.9]]), (-0.25, 0.15))  # z = 0.2, -0.1
+    tr, te = fne(np.array([[0.0], [2.0]]), np.array([[1.3], [0.9]]), (-0.25, 0.15))  # std sqrt(2): z 0.21, -0.07
     assert tr.tolist() == [[-1], [1]] and te.tolist() == [[1], [0]]
+
+
+def test_ties_at_both_thresholds_code_as_the_fne_authors_code():
+    """Mean 0 and sample std exactly 4, so test values -1 and 0.6 are z = -0.25 and 0.15 exactly:
+    the lower threshold is inclusive (-1), the upper one is not (0); torch.bucketize's rule."""
+    train = np.array([[-4.0], [4.0], [0.0]])
+    test = np.array([[-1.0], [0.6], [-1.0 - 1e-12], [0.6 + 1e-12]])
+    assert standardise(train, test)[1].ravel().tolist()[:2] == [-0.25, 0.15]
+    _, codes = fne(train, test, (-0.25, 0.15))
+    assert codes.ravel().tolist() == [-1, 0, -1, 1]
 
 
 def test_l2_normalise_rows_and_leave_zero_rows():
@@ -84,6 +95,26 @@ def test_every_method_beats_chance_on_a_real_dump(small_net):
                        {"thresholds": [-0.25, 0.15], "C": 1.0, "baselines": ["fc6", "fc7"]})
     assert set(acc) == {"full_network", "fc6", "fc7"} | {f"probe_{e['layer']}" for e in index}
     assert all(0.2 < v <= 1.0 for v in acc.values()), acc  # chance is 0.1, even with random filters
+
+
+@pytest.mark.parametrize("per_class", [5, None])
+def test_codes_equal_the_fne_authors_implementation_on_a_real_dump(small_net, per_class):
+    """PyPI ``fne`` (Garcia-Gasulla et al.'s own code): its standardise-and-discretise step on the
+    same dump gives our codes on every column, except the zero-std columns, where it divides by zero
+    (NaN codes as 1) and we give 0 (embedding.py's one deliberate difference)."""
+    from fne.fne_torch import FullNetworkEmbedding
+
+    target = digits(1)
+    x, _ = extract(small_net, family_taps(small_net, list(range(1, 8))), target.images, [72.9], [90.0], 500)
+    tr, te = small_data_splits(target.labels, per_class, 50, repeat=0)
+    theirs = FullNetworkEmbedding(torch.nn.Identity(), [], classifier=None)
+    ref_tr = theirs._postprocess(torch.from_numpy(x[tr]), train=True).numpy()
+    ref_te = theirs._postprocess(torch.from_numpy(x[te]), train=False).numpy()
+    ours_tr, ours_te = fne(x[tr], x[te], (theirs.f_minus, theirs.f_plus))
+    flat = x[tr].std(axis=0) == 0
+    assert 0 < flat.sum() < len(flat)  # the dump has both kinds of column
+    assert np.array_equal(ours_tr[:, ~flat], ref_tr[:, ~flat]) and np.array_equal(ours_te[:, ~flat], ref_te[:, ~flat])
+    assert (ours_tr[:, flat] == 0).all() and (ours_te[:, flat] == 0).all()
 
 
 def test_torchvision_alexnet_from_weights_on_disk(tmp_path):

@@ -13,7 +13,7 @@ from transferability import params as tparams
 from transferability import runs
 
 from .conftest import ROOT, make_workspace, sh
-from .test_workflow import snakemake_jobs
+from .test_workflow import snakemake_jobs, stage_command
 
 PROFILES = ROOT / "workflow" / "params"
 
@@ -33,7 +33,7 @@ def test_imagenet_profiles_plan_every_network_on_one_gpu_each(tmp_path, profile)
     assert len(train) == len(runs.networks(params)) == 37 + 16  # random0; natman: bases, AnB and BnA
     assert all("gpu=1" in j["resources"] for j in train)
     dry = sh(["dvc", "repro", "--dry", "--force"], ws).stdout
-    assert sorted(re.findall(r"^> (.*)$", dry, re.M)) == sorted(j["cmd"] for j in jobs)
+    assert sorted(stage_command(c) for c in re.findall(r"^> (.*)$", dry, re.M)) == sorted(j["cmd"] for j in jobs)
 
 
 def test_imagenet_profile_reads_the_studys_lists(tmp_path):
@@ -55,7 +55,7 @@ def test_caffenet_trains_on_an_imagenet_shaped_tree_on_cpu(tmp_path, monkeypatch
     params["dataset"]["root"] = str(tmp_path / "ilsvrc")
     params["splits"]["tiny"] = {"method": "lists", "A": WNIDS[:2], "B": WNIDS[2:]}
     params["train"].update(epochs=1, batch_size=4)
-    params["evaluate"].update(evals_per_epoch=2, k_best=1)
+    params["evaluate"].update(evals=2, k_best=1)
     params["compute"].update(device="cpu", threads=2, precision="float32", compile=False, resident_gb=0)
     tparams.validate(params)
     monkeypatch.chdir(tmp_path)

@@ -41,6 +41,21 @@ def test_shipped_profiles_are_valid():
         (lambda p: p["experiment"].update(splits=["random0", "dissimilar"]),
          "'dissimilar' is in both experiment.splits and experiment.dissimilar.splits"),
         (lambda p: p["compute"].update(precision="float16"), "'compute.precision' is 'float16'; allowed values"),
+        # combinations that passed check and then crashed in training or feature extraction
+        (lambda p: p["train"].update(crop=32),
+         "train.crop is 32 but the fashion_mnist images are 28x28; set train.crop to at most 28, or null"),
+        (lambda p: p["model"].update(arch="caffenet"),
+         "model.arch caffenet takes inputs of at least 67x67, but the fashion_mnist images are 28x28; "
+         "use model.arch: small"),
+        (lambda p: (p["model"].update(arch="caffenet"), p["train"].update(crop=60),
+                    p["dataset"].update(source="imagefolder", image_size=64)),
+         "model.arch caffenet takes inputs of at least 67x67, but train.crop is 60"),
+        (lambda p: p["train"].update(crop=7), "model.arch small takes inputs of at least 8x8, but train.crop is 7"),
+        (lambda p: (p["dataset"].update(source="imagefolder", image_size=300), p["train"].update(crop=301)),
+         "train.crop is 301 but the imagefolder images are 300x300"),
+        (lambda p: p["evaluate"].update(k_best=3), "evaluate.k_best is 3 but a run makes at most 2 evaluations"),
+        (lambda p: (p["features"].update(networks=["A3B"]), p["experiment"].update(layers=[1, 2])),
+         "features.networks has A3B, which the experiment does not train"),
     ],
 )
 def test_bad_params_give_one_clear_line(params, edit, expected):
@@ -61,6 +76,31 @@ def test_cli_reports_bad_params_in_one_line_before_any_work(tmp_path, params):
     assert proc.stderr.strip().splitlines() == [
         f"error: {f}: 'experiment.layers.0': 9 is greater than the maximum of 7"]
     assert not (tmp_path / "data").exists()
+
+
+def test_check_refuses_a_crop_larger_than_the_images_in_one_line(tmp_path, params):
+    """Before: `check` said valid, and training crashed with a shape-mismatch traceback."""
+    params["train"]["crop"] = 227
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, "-m", "transferability.cli", "--params", str(f), "check"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {f}: train.crop is 227 but the fashion_mnist images are 28x28; set train.crop to at most 28, "
+        "or null for no crop"]
+
+
+@pytest.mark.parametrize(("arch", "least"), [("caffenet", 67), ("small", 8)])
+def test_smallest_input_is_where_building_the_network_starts_to_work(arch, least):
+    from transferability.architecture import smallest_input
+    from transferability.models import build_model
+
+    model = {"arch": arch, "width": 0.25, "init": "kaiming", "dropout": 0.5}
+    assert smallest_input(model) == least
+    build_model(model, 3, 2, least, seed=0)
+    with pytest.raises(RuntimeError, match="too small"):
+        build_model(model, 3, 2, least - 1, seed=0)
 
 
 def test_missing_params_file(tmp_path):

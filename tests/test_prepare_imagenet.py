@@ -226,6 +226,23 @@ def test_cli_names_an_unreadable_file_in_one_line(tmp_path):
     assert f"unreadable: {bad['empty']}" in proc.stderr
 
 
+def test_cli_refuses_a_class_whose_every_image_is_unreadable(tmp_path):
+    """on_bad_image: skip, and every training image of one class unreadable: before, prepare made a
+    store with an empty class and training ran without a word; now one line names the class."""
+    make_imagenet(tmp_path / "src")
+    for f in (tmp_path / "src" / "train" / WNIDS[0]).iterdir():
+        f.write_bytes(b"")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    shutil.copy(cli_params(tmp_path, tmp_path / "src", on_bad_image="skip"), ws / "params.yaml")
+    proc = prepare_cli(ws)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: class {WNIDS[0]} has no readable train image: all 3 of its files are unreadable")
+    assert last.endswith("replace them, or remove the class from the dataset (its train and val images)")
+    assert not (ws / "data" / "prepared" / "inet").exists()
+
+
 def test_killed_prepare_resumes_to_a_bit_identical_store(tmp_path):
     """SIGKILL a 2-worker prepare (skip mode, a truncated file to drop) once some shards are done:
     the rerun keeps them, and its store is byte for byte an uninterrupted run's."""

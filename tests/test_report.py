@@ -1,11 +1,16 @@
-"""The report's arithmetic and the study's numbers it overlays."""
+"""The report's arithmetic, the study's numbers it sets beside ours, and what its page says."""
 
 from __future__ import annotations
 
 import pytest
 
+from transferability import study
 from transferability.errors import UserError
-from transferability.report import build_report, decomposition, figure2, role, study_points, summarise
+from transferability.figures import figure2, findings_figures
+from transferability.findings import budget_check, evaluate
+from transferability.report import build_report, findings_markdown
+from transferability.runs import role
+from transferability.tables import decomposition, summarise
 
 
 def row(family, n, acc, seed=0, target="B"):
@@ -41,12 +46,25 @@ def test_roles_generalise_both_directions():
 
 
 def test_study_points_are_the_published_numbers():
-    pts = study_points("random0", "B")
+    pts = study.points("random0", "B")
     base = [p for p in pts if p["role"] == "base"]
     assert base == [{"role": "base", "n": 0, "top1": 0.63408}]  # half0B in results.csv
     assert {p["role"] for p in pts} == {"base", "SnT", "SnT+"}  # the study's selffer runs were A->A only
-    assert {p["role"] for p in study_points("random0", "A")} == {"base", "TnT", "TnT+", "SnT"}
-    assert study_points("natman", "B") and not study_points("dissimilar", "B")
+    assert {p["role"] for p in study.points("random0", "A")} == {"base", "TnT", "TnT+", "SnT"}
+    assert study.points("natman", "B") and not study.points("dissimilar", "B")
+
+
+def test_the_studys_controls_are_its_published_table():
+    """The reference README's figures, from results.csv: BnB+ - baseB per n and the Table 1 boosts."""
+    c = study.curves()
+    assert [round(100 * c["TnT+"][n], 2) for n in range(1, 8)] == [-0.74, -0.36, 0.62, 0.36, 0.5, 0.25, 0.15]
+    assert [round(100 * c["TnT"][n], 1) for n in (3, 4, 5)] == [-0.4, -2.0, -3.2]  # the dip
+    assert round(100 * study.boost("TnT+", tuple(range(1, 8))), 2) == 1.56
+    assert round(100 * study.boost("TnT+", (3, 4, 5, 6, 7)), 2) == 1.50
+    assert round(100 * study.boost("TnT+", (5, 6, 7)), 2) == 1.76
+    assert [round(100 * study.boost("base", ns), 2) for ns in ((1, 2, 3, 4, 5, 6, 7), (3, 4, 5, 6, 7), (5, 6, 7))] \
+        == [1.67, 1.88, 2.06]
+    assert study.effects()["specificity"] == pytest.approx(c["TnT"][7] - c["SnT"][7])
 
 
 def test_figure_with_the_study_overlaid(tmp_path):
@@ -69,8 +87,6 @@ def test_summary_gives_a_95_percent_interval_over_seeds():
 
 
 def test_findings_figures_draw_bands_or_say_what_is_missing(tmp_path):
-    from transferability.report import findings_figures
-
     from .test_findings import runs
 
     findings_figures(runs(3), ["random0"], ["dissimilar"], tmp_path)
@@ -79,3 +95,18 @@ def test_findings_figures_draw_bands_or_say_what_is_missing(tmp_path):
     (tmp_path / "one").mkdir()
     findings_figures(runs(1), ["random0"], [], tmp_path / "one")  # one seed, no dissimilar split: no bands
     assert (tmp_path / "one" / "dissimilar.png").exists()
+
+
+def test_findings_say_the_verdicts_the_budget_check_and_the_studys_table(tmp_path):
+    from .test_findings import runs
+
+    rows = runs(4, ft_gain=0.03)
+    found = evaluate(rows, ["random0"], ["dissimilar"], 0.01)
+    text = findings_markdown(found, budget_check(rows, ["random0"], 0.01))
+    assert "| fine-tuning boost | SnT+ (AnB+) beats TnT+ (BnB+)" in text and "+0.0156" in text  # the study's value
+    assert "Warning: the bases look under-trained" in text and "| 4 | +0.03" in text
+    assert "| BnB+ (TnT+) | n = 5..7 |" in text and "+0.0176 |" in text
+    path = tmp_path / "figure2.png"
+    rows = [{**r, "top1": r["top1_kbest"]} for r in rows]
+    figure2(rows, summarise(rows), False, path, ["random0"])  # the pooled panel with the study's curve
+    assert path.read_bytes()[:4] == b"\x89PNG"

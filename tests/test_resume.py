@@ -20,8 +20,11 @@ from .conftest import ENV, SMOKE, make_workspace
 pytestmark = pytest.mark.slow
 BASE = "data/runs/random0/seed0/baseB"
 CKPT = Path("data/checkpoints/random0/seed0/baseB.pt")
-TRAIN = ["transferability", "--params", "params.yaml", "train", "--split", "random0", "--seed", "0",
-         "--variant", "baseB"]
+# One thread, as the Snakemake job (the smoke profile's compute.threads) and the one-core DVC run below:
+# the thread count changes the last bits of the numbers, and every run here is compared to one reference.
+TRAIN = ["transferability", "--params", "params.yaml", "--threads", "1", "train", "--split", "random0", "--seed",
+         "0", "--variant", "baseB"]
+ONE_CORE = ["taskset", "-c", str(min(os.sched_getaffinity(0)))]
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +124,12 @@ def test_snakemake_rerun_incomplete_resumes_a_killed_job(tmp_path, params_file, 
 def test_dvc_repro_resumes_a_killed_stage(tmp_path, params_file, reference):
     ws = make_workspace(tmp_path / "ws", params_file)
     stage = "train_base@random0-0-baseB"
-    proc = subprocess.Popen(["dvc", "repro", stage], cwd=ws, env=ENV, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*ONE_CORE, "dvc", "repro", stage], cwd=ws, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     assert wait_for_new_checkpoint(ws, proc, timeout=120)
     time.sleep(0.2)
     assert kill_group(proc) == -signal.SIGKILL
-    proc = subprocess.run(["dvc", "repro", stage], cwd=ws, env=ENV, capture_output=True, text=True)
+    proc = subprocess.run([*ONE_CORE, "dvc", "repro", stage], cwd=ws, env=ENV, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "resumed from epoch" in proc.stdout + proc.stderr
     for name, data in reference.items():
@@ -180,3 +183,147 @@ def test_killed_prepare_and_features_resume_without_redoing_shards(tmp_path, par
     dump = "data/features/random0/seed0/baseA/digits"
     for name in ("features.npy", "labels.npy", "index.json"):
         assert (ws / dump / name).read_bytes() == (ref / dump / name).read_bytes(), name
+
+
+def flip_momentum_bit(path: Path) -> None:
+    """Flip one bit of a momentum value where the checkpoint stores it (the issue's silent wrong result)."""
+    import torch
+
+    buf = next(b for b in torch.load(path, weights_only=True)["optimizer"]["momentum_buffers"][0] if b is not None)
+    raw = bytearray(path.read_bytes())
+    at = raw.find(buf.numpy().tobytes())
+    assert at >= 0
+    raw[at + buf.numel() * buf.element_size() // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_epoch_and_ends_identical(tmp_path, params_file, reference):
+    ws = prepared_workspace(tmp_path / "ws", params_file)
+    proc = subprocess.Popen(TRAIN, cwd=ws, env=ENV, stderr=subprocess.DEVNULL, start_new_session=True)
+    for _ in range(2):  # epochs 1 and 2 saved: the first is kept as the previous one
+        assert wait_for_new_checkpoint(ws, proc)
+    assert kill_group(proc) == -signal.SIGKILL
+    import torch
+
+    saved = torch.load(ws / CKPT, weights_only=True)["state"]["epoch"]
+    flip_momentum_bit(ws / CKPT)
+    done = subprocess.run(TRAIN, cwd=ws, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{CKPT} is damaged (its bytes do not match their sha256): set aside as baseB.pt.corrupt; falling " \
+        "back to the previous epoch's checkpoint, else to the start" in done.stderr
+    assert f"resumed from epoch {saved - 1} of 8" in done.stderr and "Traceback" not in done.stderr
+    assert (ws / CKPT.with_name("baseB.pt.corrupt")).exists()
+    assert not (ws / CKPT.with_name(".baseB.pt.prev")).exists(), "the finished run keeps no previous checkpoint"
+    for name, data in reference.items():
+        assert (ws / BASE / name).read_bytes() == data, name
+
+
+def test_a_truncated_feature_shard_is_computed_again(tmp_path, params_file):
+    params = yaml.safe_load(params_file.read_text())
+    params["features"].update(shard_images=300, targets=["digits"])
+    params["train"].update(epochs=1)
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    ref, ws = prepared_workspace(tmp_path / "ref", f), prepared_workspace(tmp_path / "ws", f)
+    feats = ["transferability", "features", "--split", "random0", "--seed", "0", "--network", "baseA",
+             "--target", "digits"]
+    for w in (ref, ws):
+        subprocess.run(TRAIN[:-1] + ["baseA"], cwd=w, env=ENV, check=True, capture_output=True)
+    subprocess.run(feats, cwd=ref, env=ENV, check=True, capture_output=True)
+    shards = "data/features/random0/seed0/baseA/.digits.shards/*/shard-*.npy"
+    proc = subprocess.Popen(feats, cwd=ws, env={**ENV, "TRANSFERABILITY_PAUSE_BEFORE_RENAME_S": "0.3"},
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list(ws.glob(shards))) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    assert kill_group(proc) == -signal.SIGKILL
+    first = sorted(ws.glob(shards))[0]
+    first.write_bytes(first.read_bytes()[:1000])
+    done = subprocess.run(feats, cwd=ws, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert f"{first.relative_to(ws)} is truncated or not sealed" in done.stderr
+    assert "computing it again" in done.stderr
+    dump = "data/features/random0/seed0/baseA/digits"
+    for name in ("features.npy", "labels.npy", "index.json"):
+        assert (ws / dump / name).read_bytes() == (ref / dump / name).read_bytes(), name
+
+
+def test_a_second_job_on_the_same_network_waits_and_ends_with_the_same_files(tmp_path, params_file, reference):
+    """Snakemake killed alone leaves its job running; a rerun starts a second job on the same network."""
+    ws = prepared_workspace(tmp_path / "ws", params_file)
+    first = subprocess.Popen(TRAIN, cwd=ws, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert wait_for_new_checkpoint(ws, first)
+    second = subprocess.Popen(TRAIN, cwd=ws, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    err_first, err_second = first.communicate(timeout=300)[1], second.communicate(timeout=300)[1]
+    assert first.returncode == 0 and second.returncode == 0, err_first[-2000:] + err_second[-2000:]
+    assert re.search(rf"baseB: another job \(pid {first.pid} on .+\) is training this network \({CKPT}\); "
+                     "waiting for it to end, then this job takes up its checkpoint", err_second), err_second
+    assert "resumed from epoch 8 of 8" in err_second  # it trained nothing itself
+    for name, data in reference.items():
+        assert (ws / BASE / name).read_bytes() == data, name
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_job_says_so_in_one_line_and_resumes(tmp_path, params_file, reference, sig, status):
+    ws = prepared_workspace(tmp_path / "ws", params_file)
+    proc = subprocess.Popen(TRAIN, cwd=ws, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert wait_for_new_checkpoint(ws, proc)
+    time.sleep(0.2)
+    os.killpg(proc.pid, sig)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == status, err
+    last = err.strip().splitlines()[-1]
+    assert last == (f"interrupted ({sig.name}): the work so far is kept (finished epochs, shards and outputs); "
+                    "run the same command again to resume"), err
+    assert "Traceback" not in err
+    done = subprocess.run(TRAIN, cwd=ws, env=ENV, capture_output=True, text=True, check=True)
+    assert "resumed from epoch" in done.stderr
+    for name, data in reference.items():
+        assert (ws / BASE / name).read_bytes() == data, name
+
+
+def test_ctrl_c_in_a_prepare_with_worker_processes_prints_one_line(tmp_path, params_file):
+    from .test_store import make_tree
+
+    make_tree(tmp_path / "images", classes=("a", "b", "c"), per_class=12)
+    params = yaml.safe_load(params_file.read_text())
+    params["dataset"].update(source="imagefolder", root=str(tmp_path / "images"), name="tree", image_size=28,
+                             channels=1, shard_images=4)
+    params["compute"]["threads"] = 2
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    ws = make_workspace(tmp_path / "ws", f)
+    proc = subprocess.Popen(["transferability", "prepare"], cwd=ws, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, "TRANSFERABILITY_PAUSE_BEFORE_RENAME_S": "0.3"}, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(ws.glob("data/prepared/.tree.shards/train/*/shard-*.json")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole group, workers included
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted (SIGINT): the work so far is kept")
+    done = subprocess.run(["transferability", "prepare"], cwd=ws, env=ENV, capture_output=True, text=True, check=True)
+    assert "shards already done" in done.stderr
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_run_killed_and_resumed_is_identical(tmp_path, params_file):
+    """On a GPU: momentum buffers back on the card (else the first step fails) and the card's generator
+    restored (else dropout masks restart), so the resumed run's files are the uninterrupted run's."""
+    params = yaml.safe_load(params_file.read_text())
+    params["compute"].update(device="cuda", gpu_lock_dir=str(tmp_path / "locks"))
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml.safe_dump(params))
+    ref, ws = prepared_workspace(tmp_path / "ref", f), prepared_workspace(tmp_path / "ws", f)
+    subprocess.run(TRAIN, cwd=ref, env=ENV, check=True, capture_output=True)
+    # every write held 0.5 s, so the kill lands before the fast GPU run has finished
+    proc = subprocess.Popen(TRAIN, cwd=ws, env={**ENV, "TRANSFERABILITY_PAUSE_BEFORE_RENAME_S": "0.5"},
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    assert wait_for_new_checkpoint(ws, proc)
+    assert kill_group(proc) == -signal.SIGKILL
+    done = subprocess.run(TRAIN, cwd=ws, env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0 and "resumed from epoch" in done.stderr, done.stderr[-2000:]
+    for name in ("metrics.json", "curve.csv", "model.pt"):
+        assert (ws / BASE / name).read_bytes() == (ref / BASE / name).read_bytes(), name

@@ -36,8 +36,8 @@ def test_bad_networks_are_refused(variant, n, message):
 def test_no_two_jobs_write_the_same_output(params):
     exp = params["experiment"]
     every = ["BnB", "BnB-ft", "AnB", "AnB-ft", "RnB", "AnA", "AnA-ft", "BnA", "BnA-ft", "RnA"]
-    exp.update(splits=["random0"], seeds=[0, 1, 2], variants=every, dissimilar={"splits": ["dissimilar"],
-                                                                               "variants": every})
+    exp.update(splits=["random0"], seeds=[0, 1, 2], variants=every,
+               dissimilar={"splits": ["dissimilar"], "seeds": [0, 1, 2], "variants": every})
     nets = networks(params)
     assert len(nets) == 2 * 3 * (2 + 10 * 7)
     for attr in ("dir", "checkpoint"):
@@ -47,11 +47,13 @@ def test_no_two_jobs_write_the_same_output(params):
     assert not any(d.parent in dirs or d.parent.parent in dirs for d in dirs if d.name.startswith("n"))
 
 
-def test_the_dissimilar_control_trains_its_own_variants(params):
+def test_the_dissimilar_control_trains_its_own_seeds_and_variants(params):
     exp = params["experiment"]
-    exp.update(splits=["random0"], seeds=[0, 1], dissimilar={"splits": ["dissimilar"], "variants": ["AnB", "BnA"]})
+    exp.update(splits=["random0"], seeds=[0, 1],
+               dissimilar={"splits": ["dissimilar"], "seeds": [0, 1, 2], "variants": ["AnB", "BnA"]})
     nets = networks(params)
     control = [n for n in nets if n.split == "dissimilar"]
-    assert len(nets) == 2 * (2 + 5 * 7) + 2 * (2 + 2 * 7)
+    assert len(nets) == 2 * (2 + 5 * 7) + 3 * (2 + 2 * 7)
     assert {n.variant for n in control} == {"baseA", "baseB", "AnB", "BnA"}
+    assert {n.seed for n in control} == {0, 1, 2}
     assert nets[: 2 * 37] == [n for n in nets if n.split == "random0"]  # the main splits first

@@ -44,7 +44,7 @@ def test_every_figure_has_a_caption():
 @pytest.mark.parametrize("suffix", ["zip", "html"])
 def test_snakemake_report_has_every_figure_and_caption(snakemake_ws, tmp_path, suffix):
     out = tmp_path / f"snakemake.{suffix}"
-    sh(["snakemake", "--report", str(out)], snakemake_ws)
+    sh(["snakemake", "--configfile", "workflow/params/smoke.yaml", "--report", str(out)], snakemake_ws)
     if suffix == "zip":
         with zipfile.ZipFile(out) as z:
             page = z.read("snakemake/report.html").decode()

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import shutil
+import subprocess
+
 import pytest
 
+from transferability import params as tparams
+from transferability import runs, stages
 from transferability.errors import UserError
 from transferability.splits import REFERENCE, check_split, make_split, random_half
+
+from .conftest import ENV, ROOT
+
+IMAGENET_PROFILE = ROOT / "workflow" / "params" / "imagenet.yaml"
 
 IMAGENET = [{"index": i, "id": wnid, "name": wnid}
             for i, wnid in enumerate((REFERENCE / "synsets.txt").read_text().split())]
@@ -68,3 +79,50 @@ def test_a_hand_edited_split_is_refused():
     split["B"]["indices"].append(split["A"]["indices"][0])
     with pytest.raises(UserError, match="checksum mismatch"):
         check_split(split)
+
+
+# The md5s the study's make_reduced_datasets.sh ends with, for its validation lists (data/half*_valid/files.txt).
+# Its train lists need ILSVRC-2012's train list (whole_train/files.txt), which is not shipped: not checked here.
+STUDY_VALID_MD5 = {
+    "whole": "b6284a7c08fba47457c2c1f6049a156e",
+    "random0A": "2f10009e20d77eb7007cf70674958b94", "random0B": "cce39b383d681345c873faf2c0c28d33",
+    "random1A": "9ab48b6420504e32ff4498e7d8569f8b", "random1B": "57522f5e2aa69547846089f5197c8a6b",
+    "random2A": "03d05b6565ab9176baccdd05d746bfd1", "random2B": "18de8b37378e07e60dc602b6130eeeb2",
+    "random3A": "46086440ddde128f169f23331998499d", "random3B": "e5f9f0895fd0d49a8ac0b804ec891282",
+    "natmanA": "4fb63c72229ba07106a558127192cb9f", "natmanB": "f03be5732fb6bc7928ee53397b043613",
+}
+
+
+def md5(path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_the_studys_validation_lists_come_out_byte_for_byte(tmp_path, monkeypatch):
+    """The README's command for every split of the ImageNet profile: all ten lists equal the study's."""
+    monkeypatch.chdir(tmp_path)
+    assert hashlib.md5(gzip.open(REFERENCE / "whole_valid_files.txt.gz").read()).hexdigest() == STUDY_VALID_MD5["whole"]
+    params = tparams.load(IMAGENET_PROFILE)
+    for split in ("random0", "random1", "random2", "random3", "natman"):
+        stages.split_lists(params, split, ["whole_valid_files.txt"])
+    got = {half.name: md5(half / "whole_valid_files.txt") for half in (tmp_path / runs.STUDY_LISTS).iterdir()}
+    assert got == {k: v for k, v in STUDY_VALID_MD5.items() if k != "whole"}
+    idxmap = (tmp_path / runs.STUDY_LISTS / "natmanA" / "idxmap.txt").read_text().splitlines()
+    assert idxmap[:3] == ["# Orig_idx new_idx", "0 0", "1 1"] and len(idxmap) == 1 + 449
+    ws = tmp_path / "ws"  # the README's command, exactly as typed, from a project root
+    (ws / "workflow" / "params").mkdir(parents=True)
+    shutil.copy(IMAGENET_PROFILE, ws / "workflow" / "params")
+    proc = subprocess.run("transferability --params workflow/params/imagenet.yaml split --split random0 "
+                          "--lists whole_valid_files.txt", shell=True, cwd=ws, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"data/splits/lists/random0A/whole_valid_files.txt: 25000 lines, md5 {STUDY_VALID_MD5['random0A']}",
+        f"data/splits/lists/random0B/whole_valid_files.txt: 25000 lines, md5 {STUDY_VALID_MD5['random0B']}"]
+    assert md5(ws / "data/splits/lists/random0B/whole_valid_files.txt") == STUDY_VALID_MD5["random0B"]
+
+
+def test_a_bad_list_line_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine.txt").write_text("a.JPEG 3\nb.JPEG 1000\n")
+    with pytest.raises(UserError, match=r"mine.txt, line 2: expected 'FILE IDX' with IDX in 0..999, got 'b.JPEG 1000'"):
+        stages.split_lists(tparams.load(IMAGENET_PROFILE), "random0", ["mine.txt"])
+    assert not (tmp_path / "data").exists()

@@ -41,4 +41,24 @@ def test_welch_interval_matches_scipy():
     (0.01, 0.05, True, "holds"), (-0.05, -0.01, True, "does not hold"), (-0.01, 0.05, True, "inconclusive"),
     (-0.05, -0.01, False, "holds"), (0.01, 0.05, False, "does not hold"), (None, None, True, "inconclusive")])
 def test_verdicts_follow_the_interval(low, high, positive, expected):
-    assert verdict(Estimate(0.0, None, low, high, 3), positive) == expected
+    assert verdict(Estimate(0.0, None, low, high, 3), positive=positive) == expected
+
+
+@pytest.mark.parametrize("low, high, expected", [
+    (0.011, 0.03, "holds"),            # wholly above the margin
+    (0.001, 0.03, "holds"),            # above zero, straddling the margin: a real effect, maybe of interest
+    (0.001, 0.0099, "does not hold"),  # real but below the smallest effect of interest
+    (-0.004, 0.0099, "does not hold"),  # no effect worth the name
+    (-0.03, -0.011, "does not hold"),  # the opposite effect
+    (-0.004, 0.01, "inconclusive"),    # touches the margin: cannot rule out an effect of interest
+    (-0.004, 0.03, "inconclusive"),    # straddles both 0 and the margin
+    (0.0, 0.03, "inconclusive"),       # zero itself is not excluded
+])
+def test_verdicts_weigh_the_interval_against_the_margin(low, high, expected):
+    assert verdict(Estimate((low + high) / 2, None, low, high, 5), margin=0.01) == expected
+
+
+def test_a_claimed_negative_effect_mirrors_the_margin():
+    assert verdict(Estimate(-0.005, None, -0.009, 0.002, 5), margin=0.01, positive=False) == "does not hold"
+    assert verdict(Estimate(-0.02, None, -0.03, -0.012, 5), margin=0.01, positive=False) == "holds"
+    assert verdict(Estimate(-0.01, None, -0.03, 0.002, 5), margin=0.01, positive=False) == "inconclusive"

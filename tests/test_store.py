@@ -136,3 +136,27 @@ def test_labels_out_of_range_are_refused(tmp_path):
     with pytest.raises(UserError, match="test labels fall outside 0..1"):
         write_store(tmp_path / "store", images, labels, classes, {})
     assert not (tmp_path / "store").exists()
+
+
+def test_a_class_left_without_images_is_refused_naming_it(tmp_path):
+    """on_bad_image: skip must not turn a class whose every image is unreadable into an empty class
+    (it would train and test on nothing, without a word), nor may a class lack test images."""
+    make_tree(tmp_path / "src")
+    dog = tmp_path / "src" / "train" / "dog"
+    for f in dog.iterdir():
+        f.write_bytes(b"")  # the header check finds these before any decoding
+    with pytest.raises(UserError, match=rf"class dog has no readable train image: all 3 of its files are "
+                                        rf"unreadable \(e.g. {dog}/0.JPEG: UnidentifiedImageError"):
+        imagefolder(tmp_path / "src", 16, 3, tmp_path / "work", on_bad_image="skip")
+    shutil.rmtree(tmp_path / "src")
+    make_tree(tmp_path / "src")
+    for f in dog.iterdir():  # truncated: the header reads, decoding fails
+        f.write_bytes(f.read_bytes()[: f.stat().st_size * 2 // 3])
+    with pytest.raises(UserError, match=r"class dog has no readable train image: all 3 of its files are unreadable"):
+        imagefolder(tmp_path / "src", 16, 3, tmp_path / "work", on_bad_image="skip")
+    shutil.rmtree(tmp_path / "src")
+    make_tree(tmp_path / "src")
+    shutil.rmtree(tmp_path / "src" / "val" / "dog")
+    with pytest.raises(UserError, match=r"class dog has no test images \(nothing of it in val/\); add its images"):
+        imagefolder(tmp_path / "src", 16, 3, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()  # refused before any decoding

@@ -26,10 +26,11 @@ def test_k_best_is_the_mean_of_the_k_best_evaluations():
     assert k_best(evals, 10) == pytest.approx(0.7)
 
 
-def test_eval_steps_spread_over_the_epoch_and_end_it():
-    assert eval_steps(10, 1) == [10]
-    assert eval_steps(10, 3) == [4, 7, 10]
-    assert eval_steps(2, 5) == [1, 2]
+def test_eval_steps_spread_over_the_budget_and_end_it():
+    assert eval_steps(10, 1) == {10}
+    assert eval_steps(10, 3) == {4, 7, 10}
+    assert eval_steps(2, 5) == {1, 2}
+    assert eval_steps(60, 6) == {10, 20, 30, 40, 50, 60}  # 6 epochs of 10 steps: each epoch's end
 
 
 @pytest.mark.usefixtures("workspace")
@@ -100,3 +101,23 @@ def test_the_evaluation_batch_changes_no_number(tmp_path, params):
         stages.train_network(params, "random0", 0, "baseB", None)
         files.add((run / "metrics.json").read_bytes())
     assert len(files) == 1
+
+
+@pytest.mark.parametrize("dynamic", [False, None])
+def test_compiling_gives_a_short_last_batch_its_own_static_graph(dynamic):
+    """None is torch.compile's default (what the loop used): its second shape compiles a dynamic graph."""
+    import torch
+    from torch._dynamo.testing import EagerAndRecordGraphs
+
+    from transferability.training import compiled
+
+    torch._dynamo.reset()
+    backend = EagerAndRecordGraphs()
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    model = compiled(net, backend) if dynamic is False else torch.compile(net, backend=backend)
+    for size in (8, 8, 3, 8, 3):  # epochs of 19 images in batches of 8
+        model(torch.randn(size, 4))
+    symbolic = [n.name for g in backend.graphs for n in g.graph.nodes
+                if n.op == "placeholder" and isinstance(n.meta.get("example_value"), torch.SymInt)]
+    assert len(backend.graphs) == 2
+    assert (symbolic == []) == (dynamic is False), symbolic

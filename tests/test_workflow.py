@@ -4,6 +4,7 @@ paths, produce bit-identical metrics, and DVC can record, reproduce and diff the
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -11,14 +12,26 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT, SMOKE, make_workspace, sh
+from transferability import params as tparams
+from transferability import runs
+
+from .conftest import ROOT, SMOKE, dvc_reads, make_workspace, sh
 
 pytestmark = pytest.mark.slow
 NETWORKS = 37 + 9  # random0: 2 bases, 4 variants x 7 n, 7 random-filter controls; dissimilar: 2 bases, AnB x 7
+PROFILES = sorted((ROOT / "workflow" / "params").glob("*.yaml"))
+# The CLI's options before the stage: which params file and how many threads. Snakemake passes the
+# file it was given and the threads it gave the job; DVC passes params.yaml and lets a stage take every core.
+GLOBAL_OPTIONS = re.compile(r" --(?:params|threads) \S+")
+
+
+def stage_command(cmd: str) -> str:
+    """A shell command without the CLI's global options: the stage and its arguments."""
+    return GLOBAL_OPTIONS.sub("", cmd)
 
 
 def snakemake_jobs(ws: Path, *extra: str) -> list[dict]:
-    """Jobs of a forced dry run: rule, outputs, resources and the shell command (log redirect cut)."""
+    """Jobs of a forced dry run: rule, outputs, resources, threads and the stage command (log redirect cut)."""
     out = sh(["snakemake", "-n", "-p", "--forceall", "--cores", "all", *extra], ws).stdout
     jobs = []
     for block in out.split("\nrule ")[1:]:
@@ -26,9 +39,10 @@ def snakemake_jobs(ws: Path, *extra: str) -> list[dict]:
         if rule == "all":
             continue
         fields = dict(re.findall(r"^    (\w+): (.*)$", block, re.M))
-        cmd = re.search(r"^Shell command: (.*)$", block, re.M)[1]
-        jobs.append({"rule": rule, "outputs": set(fields["output"].split(", ")),
-                     "resources": fields["resources"], "cmd": cmd.split(" > ")[0]})
+        cmd = re.search(r"^Shell command: (.*)$", block, re.M)[1].split(" > ")[0]
+        threads = re.search(r" --threads (\d+) ", cmd)
+        jobs.append({"rule": rule, "outputs": set(fields["output"].split(", ")), "resources": fields["resources"],
+                     "threads": int(threads[1]) if threads else None, "cmd": stage_command(cmd)})
     return jobs
 
 
@@ -36,14 +50,62 @@ def dvc_stages(ws: Path) -> list[dict]:
     from dvc.repo import Repo
 
     with Repo(str(ws)) as repo:
-        return [{"name": s.addressing, "cmd": s.cmd, "outputs": {str(o.def_path) for o in s.outs}}
+        return [{"name": s.addressing, "cmd": stage_command(s.cmd), "outputs": {str(o.def_path) for o in s.outs}}
                 for s in repo.index.stages]
+
+
+def job_counts(dry_run: str) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake dry run: jobs per rule."""
+    table = dry_run.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
+def test_every_profile_plans_its_whole_dag_as_documented(tmp_path, profile):
+    """`snakemake -n --configfile workflow/params/<profile>.yaml --cores all`, as typed, beside the
+    project's own params.yaml: the jobs read the profile alone (the ImageNet profiles' dataset folder
+    is not here; only running needs it)."""
+    ws = make_workspace(tmp_path / "ws", params_file=None)
+    assert (ws / "params.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()
+    rel = profile.relative_to(ROOT)
+    proc = sh(["snakemake", "-n", "--configfile", str(rel), "--cores", "all"], ws)
+    params = tparams.load(profile)
+    exp = params["experiment"]
+    nets = runs.networks(params)
+    assert job_counts(proc.stdout) == {
+        "prepare": 1, "split": len(exp["splits"]) + len(exp["dissimilar"]["splits"]),
+        "train_base": sum(n.is_base for n in nets), "train_transfer": sum(not n.is_base for n in nets),
+        "features": len(runs.feature_jobs(params)), "embed": len(runs.feature_jobs(params)), "report": 1, "all": 1}
+    # the command the profile's header shows, dry and with its shell commands: each reads the profile
+    (use,) = re.findall(r"^# Use: (snakemake .*)$", profile.read_text(), re.M)
+    assert f"--configfile {rel}" in use, use
+    shell = sh([*use.split(), "-n", "-p"], ws).stdout
+    assert job_counts(shell) == job_counts(proc.stdout)
+    commands = re.findall(r"^Shell command: (transferability .*)$", shell, re.M)
+    assert commands and all(c.startswith(f"transferability --params {rel} ") for c in commands)
+
+
+def test_snakemake_config_overrides_and_two_configfiles_are_refused_in_one_line(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    for args, says in ((["--config", "train={lr: 0.1}"], "snakemake --config is refused"),
+                       (["--configfile", "params.yaml", "workflow/params/single.yaml"],
+                        "--configfile got 2 files; give one whole params file")):
+        proc = sh(["snakemake", "-n", "--cores", "1", *args], ws, check=False)
+        assert proc.returncode == 1 and proc.stdout == "", proc.stdout
+        assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(f"error: {says}"), \
+            proc.stderr
 
 
 # snakemake_ws, dvc_ws: the smoke DAG run once per session (conftest.py).
 
 
 def test_snakemake_run_writes_the_report(snakemake_ws):
+    # the jobs read the profile alone (not merged with params.yaml), each with the threads Snakemake gave it
+    smoke = tparams.load(SMOKE)
+    base = json.loads((snakemake_ws / "data/runs/random0/seed0/baseB/metrics.json").read_text())
+    assert {k: base["params"][k] for k in ("dataset", "model", "train", "evaluate")} == \
+        {k: smoke[k] for k in ("dataset", "model", "train", "evaluate")}
+    assert base["params"]["compute"]["threads"] == smoke["compute"]["threads"] == 1
     reports = snakemake_ws / "reports"
     for name in ("index.html", "metrics.json", "figure2.png", "curves.png", "probes.png", "runs.csv",
                  "decomposition.md", "fne.md", "findings.md", "dissimilar.png", "random_filters.png"):
@@ -105,20 +167,50 @@ def test_estimators_stage_scores_every_layer_against_the_measured_curves(snakema
 
 
 def test_dvc_commit_after_snakemake_records_it(snakemake_ws):
+    dvc_reads(snakemake_ws)  # the profile Snakemake was given, where DVC reads it
     sh(["dvc", "commit", "--force"], snakemake_ws)
     status = sh(["dvc", "status"], snakemake_ws).stdout
     assert "Data and pipelines are up to date." in status, status
 
 
-def test_the_two_dags_agree(snakemake_ws):
-    jobs = snakemake_jobs(snakemake_ws)
-    stages = dvc_stages(snakemake_ws)
+def test_the_two_dags_agree(tmp_path):
+    """The same stages on the same paths: Snakemake given the profile as documented, DVC reading it
+    as params.yaml. The store is its folder in DVC and, in Snakemake, its manifest (written last, in
+    the same swap of the folder; `update`: kept in place while prepare runs)."""
+    ws = make_workspace(tmp_path / "ws")
+    jobs = snakemake_jobs(ws, "--configfile", "workflow/params/smoke.yaml")
+    stages = dvc_stages(ws)
     assert sorted(j["cmd"] for j in jobs) == sorted(s["cmd"] for s in stages)
     by_cmd = {s["cmd"]: s for s in stages}
     for job in jobs:
-        stage_outs = {o for o in by_cmd[job["cmd"]]["outputs"] if not o.startswith("data/checkpoints/")}
+        stage_outs = {f"{o}/manifest.json (update)" if o.startswith("data/prepared/") else o
+                      for o in by_cmd[job["cmd"]]["outputs"] if not o.startswith("data/checkpoints/")}
         assert job["outputs"] == stage_outs, job["cmd"]
     assert len([j for j in jobs if j["rule"].startswith("train")]) == NETWORKS
+    # the jobs that compute ask for compute.threads; split and report run on one
+    assert {j["rule"]: j["threads"] for j in jobs} == {"prepare": 1, "split": None, "train_base": 1,
+                                                      "train_transfer": 1, "features": 1, "embed": 1, "report": None}
+
+
+def test_snakemake_jobs_take_the_threads_snakemake_gives_them(tmp_path):
+    params = yaml.safe_load(SMOKE.read_text())
+    params["compute"]["threads"] = 2
+    f = tmp_path / "two.yaml"
+    f.write_text(yaml.safe_dump(params))
+    ws = make_workspace(tmp_path / "ws", f)
+    computing = ("prepare", "train_base", "train_transfer", "features", "embed")
+    for cores, threads in (("2", 2), ("1", 1)):  # --cores 1: Snakemake scales every job down to 1
+        jobs = [j for j in snakemake_jobs(ws, "--cores", cores) if j["rule"] in computing]
+        assert {j["threads"] for j in jobs} == {threads}, cores
+
+
+def test_a_dvc_stage_takes_every_core_and_records_it(tmp_path):
+    ws = make_workspace(tmp_path / "ws")
+    sh(["dvc", "repro", "train_base@random0-0-baseA"], ws)
+    cores = len(os.sched_getaffinity(0))
+    metrics = json.loads((ws / "data/runs/random0/seed0/baseA/metrics.json").read_text())
+    timing = json.loads((ws / "data/runs/random0/seed0/baseA/timing.json").read_text())
+    assert metrics["params"]["compute"]["threads"] == timing["threads"] == cores
 
 
 def test_dvc_repro_gives_the_same_metrics_as_snakemake(snakemake_ws, dvc_ws):
@@ -154,7 +246,7 @@ def test_gpu_plan_asks_one_gpu_per_training_job(tmp_path):
     assert all("gpu=1" in j["resources"] for j in train)
     assert all("gpu=" not in j["resources"] for j in jobs if not j["rule"].startswith("train"))
     dry = sh(["dvc", "repro", "--dry", "--force"], ws).stdout
-    assert sorted(re.findall(r"^> (.*)$", dry, re.M)) == sorted(j["cmd"] for j in jobs)
+    assert sorted(stage_command(c) for c in re.findall(r"^> (.*)$", dry, re.M)) == sorted(j["cmd"] for j in jobs)
 
 
 def test_snakemake_lint_is_clean(tmp_path):

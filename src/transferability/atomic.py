@@ -2,7 +2,13 @@
 
 A job killed mid-write leaves at most a hidden temporary beside the target, never a file that
 looks finished, and the previous good output stays in place until the new one replaces it. The
-next write of the same target clears such leftovers (every output has exactly one writer).
+next write of the same target clears such leftovers. A temporary's name carries its writer's host
+and process id, and only those of writers that are gone are cleared: two jobs that write one
+output at once (a job orphaned by a killed Snakemake and its rerun) never delete each other's.
+
+Temporaries get the modes ``open()`` and ``mkdir()`` would give (0666 and 0777 less the umask),
+not ``tempfile``'s private 0600 and 0700: on a shared cluster or project the reports, models and
+store must be as readable as any other file the user writes.
 
 ``TRANSFERABILITY_PAUSE_BEFORE_RENAME_S`` makes every write wait that long between a complete
 temporary and its rename: a fault-injection hook, so tests can kill a job inside that window.
@@ -14,6 +20,7 @@ import contextlib
 import glob
 import json
 import os
+import platform
 import shutil
 import tempfile
 import time
@@ -26,13 +33,51 @@ from .errors import UserError
 PAUSE_ENV = "TRANSFERABILITY_PAUSE_BEFORE_RENAME_S"
 
 
+def _owner() -> str:
+    """This writer, as its temporaries' names carry it: ``<host>-<pid>``."""
+    return f"{platform.node()}-{os.getpid()}"
+
+
+def _writer_gone(middle: str) -> bool:
+    """Whether the writer named in a temporary's ``<host>-<pid>.<random>`` has ended.
+
+    A writer on another host cannot be asked, so its temporaries are left alone; a name without
+    an owner comes from an older version of this module, whose writers are gone."""
+    host, _, pid = middle.rpartition(".")[0].rpartition("-")
+    if not pid.isdigit():
+        return True
+    if host != platform.node():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    return False
+
+
 def clear_leftovers(target: Path) -> list[Path]:
-    """Remove the temporaries a killed writer of ``target`` left behind; return what was removed."""
-    found = [p for p in target.parent.glob(f".{glob.escape(target.name)}.*")
-             if p.name.endswith(".old") or ".tmp" in p.name[len(target.name) + 2 :]]
+    """Remove the temporaries that ended writers of ``target`` left behind; return what was removed."""
+    found = []
+    for p in target.parent.glob(f".{glob.escape(target.name)}.*"):
+        rest = p.name[len(target.name) + 2 :]
+        if rest == "old" or (".tmp" in rest and _writer_gone(rest.rpartition(".tmp")[0])):
+            found.append(p)
     for p in found:
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return found
+
+
+def umask() -> int:
+    """The process's umask. Linux shows it in /proc; elsewhere it is read by setting it and back,
+    which another thread creating a file in that instant would see."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def _pause() -> None:
@@ -46,7 +91,8 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     clear_leftovers(target)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_owner()}.", suffix=f".tmp{suffix}", dir=target.parent)
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -99,8 +145,8 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     clear_leftovers(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    tmp.chmod(0o755)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{_owner()}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o777 & ~umask())
     try:
         yield tmp
         _pause()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import sys
 
 from . import params as params_mod
 from . import runs, stages
 from .allocator import keep_freed_memory
+from .devices import usable_cores
 from .errors import UserError
 
 DISK_ERRORS = {
@@ -22,12 +24,20 @@ DISK_ERRORS = {
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="transferability", description=__doc__)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="cores this job uses: torch and BLAS threads, image-decoding processes (default: every "
+                        "core this process may use; Snakemake passes the threads it gave the job, which "
+                        "compute.threads asks for). Recorded in a network's metrics.json: it changes the last "
+                        "bits of the float sums")
     sub = p.add_subparsers(dest="stage", required=True)
     sub.add_parser("check", help="validate the params file and exit")
     sub.add_parser("plan", help="list every network the params ask for")
     sub.add_parser("prepare", help="turn the dataset source into the store under data/prepared/")
     s = sub.add_parser("split", help="write class halves A and B of one split to data/splits/")
     s.add_argument("--split", required=True)
+    s.add_argument("--lists", nargs="+", metavar="LIST",
+                   help="instead: write the split as the study's list files, from ILSVRC-2012 lists 'FILE IDX' "
+                        "(e.g. whole_valid_files.txt, shipped), to data/splits/lists/<split><half>/")
     t = sub.add_parser("train", help="train one network (a base or a transfer variant)")
     t.add_argument("--split", required=True)
     t.add_argument("--seed", type=int, required=True)
@@ -48,11 +58,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, or the SIGTERM with which Snakemake, Slurm and Kubernetes stop a job."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     keep_freed_memory()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     try:
         params = params_mod.load(args.params)
+        if args.threads is not None and args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        # what this job runs with, so the stages use it and a network's metrics.json records it
+        params["compute"]["threads"] = args.threads or usable_cores()
         if args.stage == "check":
             print(f"{args.params}: valid; {len(runs.networks(params))} networks planned")
         elif args.stage == "plan":
@@ -60,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{net.split}\tseed{net.seed}\t{net.name}\t{net.dir}")
         elif args.stage == "prepare":
             stages.prepare(params)
+        elif args.stage == "split" and args.lists:
+            stages.split_lists(params, args.split, args.lists)
         elif args.stage == "split":
             stages.split(params, args.split)
         elif args.stage == "train":
@@ -78,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             from .report import build_report
 
             build_report(params)
+    except Interrupted as exc:
+        print(f"interrupted ({signal.Signals(exc.signum).name}): the work so far is kept (finished epochs, "
+              "shards and outputs); run the same command again to resume", file=sys.stderr)
+        return 128 + exc.signum
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -20,6 +20,14 @@ import torch
 from .store import Store
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor sent to ``device`` without making the host wait: to a GPU from pinned memory,
+    asynchronously (torch keeps the pinned block until the copy is done)."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 class Streamed:
     """Images of one part of a half, read from the store per batch and copied to the device.
 
@@ -37,14 +45,13 @@ class Streamed:
         return (len(self.rows), *self.images.shape[1:])
 
     def __getitem__(self, sel: torch.Tensor | slice) -> torch.Tensor:
-        rows = self.rows[sel] if isinstance(sel, slice) else self.rows[sel.cpu().numpy()]
+        """The images at positions ``sel`` (a slice, or a tensor on the host: reading it back from
+        the device would make the loader wait for every step queued before)."""
+        rows = self.rows[sel] if isinstance(sel, slice) else self.rows[sel.numpy()]
         order = np.argsort(rows, kind="stable")
         batch = np.empty((len(rows), *self.images.shape[1:]), dtype=self.images.dtype)
         batch[order] = self.images[rows[order]]
-        x = torch.from_numpy(batch)
-        if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True)
-        return x
+        return to_device(torch.from_numpy(batch), self.device)
 
     def to(self, device: torch.device | str) -> Streamed:
         return Streamed(self.images, self.rows, device)
@@ -148,12 +155,13 @@ def chunks(n: int, size: int) -> list[tuple[int, int]]:
 
 
 def batches(x: torch.Tensor | Streamed, order: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
-    """``x[order[i * size : (i + 1) * size]]`` for every batch of an epoch. From a streamed half the
-    next batch is read and copied in a thread while the current one trains."""
-    picks = [order[a : a + size] for a in range(0, len(order), size)]
+    """``x[order[i * size : (i + 1) * size]]`` for every batch of an epoch, ``order`` on the host. From
+    a streamed half the next batch is read and copied in a thread while the current one trains."""
     if not isinstance(x, Streamed):
-        yield from (x[idx] for idx in picks)
+        order = to_device(order, x.device)
+        yield from (x[order[a : a + size]] for a in range(0, len(order), size))
         return
+    picks = [order[a : a + size] for a in range(0, len(order), size)]
     with ThreadPoolExecutor(1) as pool:
         ahead = pool.submit(x.__getitem__, picks[0])
         for i in range(len(picks)):
@@ -172,20 +180,20 @@ def make_batch(x: torch.Tensor, data: HalfData, crop: int | None, mirror: bool,
     """Normalise a uint8 batch; with ``gen`` apply random crops and flips, else a centre crop.
 
     The random draws come from ``gen`` on the CPU whatever the device, so a GPU run draws the same
-    crops and flips; the crops are one gather on the batch's device."""
+    crops and flips; they reach the device asynchronously, and the crops are one gather there."""
     size = x.shape[-1]
     if crop and crop < size:
         if gen is None:
             o = (size - crop) // 2
             x = x[..., o : o + crop, o : o + crop]
         else:
-            offs = torch.randint(0, size - crop + 1, (len(x), 2), generator=gen).to(x.device)
+            offs = to_device(torch.randint(0, size - crop + 1, (len(x), 2), generator=gen), x.device)
             span = torch.arange(crop, device=x.device)
             rows, cols = offs[:, :1] + span, offs[:, 1:] + span  # (B, crop) each
             b = torch.arange(len(x), device=x.device)[:, None, None]
             x = x[b, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (B, C, crop, crop), NHWC in memory
     x = (x.float() - data.mean) / data.std
     if mirror and gen is not None:
-        flip = torch.rand(len(x), generator=gen) < 0.5
-        x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
+        flip = to_device(torch.rand(len(x), generator=gen) < 0.5, x.device)
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -1,7 +1,10 @@
 """The Full-Network Embedding (Garcia-Gasulla, Vilalta et al.) and off-the-shelf baselines.
 
-FNE: standardise every feature with the mean and std of the *training* images only (a feature
-with zero std becomes 0), discretise to {-1, 0, 1} at two thresholds, and train a linear SVM.
+FNE: standardise every feature with the mean and std of the *training* images only, discretise to
+{-1, 0, 1} at two thresholds, and train a linear SVM. As the authors' own code (PyPI ``fne``): the
+sample std (ddof=1, ``torch.std``), and z <= low gives -1, z > high gives 1 (``torch.bucketize``).
+One deliberate difference: a feature with zero std on the training images becomes 0 everywhere;
+theirs divides by zero and codes the NaNs and infinities that come out.
 Baselines (DeCAF, "CNN features off-the-shelf"): one layer (fc6 or fc7), each vector
 L2-normalised, linear SVM. Per-layer probes apply the FNE recipe to one layer's columns.
 """
@@ -16,9 +19,10 @@ from .svm import LinearSVM
 
 
 def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """Centre and scale by the training set's statistics; zero-std columns become 0 everywhere."""
+    """Centre and scale by the training set's mean and sample std (ddof=1, the FNE's own); columns
+    with zero std (or a single training row) become 0 everywhere."""
     mean = train.mean(axis=0, dtype=np.float64)
-    std = train.std(axis=0, dtype=np.float64)
+    std = train.std(axis=0, dtype=np.float64, ddof=1) if len(train) > 1 else np.zeros(train.shape[1])
     flat = std == 0
     std[flat] = 1.0
     out = []
@@ -30,10 +34,10 @@ def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
 
 
 def discretise(z: np.ndarray, low: float = -0.25, high: float = 0.15) -> np.ndarray:
-    """-1 below ``low``, 1 above ``high``, 0 between (the FNE paper's thresholds by default)."""
+    """-1 at or below ``low``, 1 above ``high``, 0 between (the FNE paper's thresholds by default)."""
     out = np.zeros(z.shape, dtype=np.int8)
     out[z > high] = 1
-    out[z < low] = -1
+    out[z <= low] = -1
     return out
 
 

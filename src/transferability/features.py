@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import progress
+from .checkpoints import load_weights
 from .data import Rows
 from .errors import UserError
 
@@ -95,7 +96,7 @@ def load_torchvision(arch: str, weights: str | Path) -> nn.Module:
         raise UserError(f"weights file {weights} not found: download the {arch} weights once (e.g. from "
                         "torchvision's model zoo) and give their path; nothing is fetched at run time")
     net = getattr(torchvision.models, arch)(weights=None)
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    net.load_state_dict(load_weights(weights, f"download the {arch} weights again"))
     return net
 
 

@@ -1,27 +1,40 @@
 """The study's findings, tested on the user's runs: an effect size per finding, its 95% interval
-over replicates, and a verdict.
+over replicates, a verdict, and the study's own value beside it.
 
 Notation (target half T, source half S): base = baseT; TnT = first n layers from baseT, frozen
 (BnB for T = B); SnT = from the other half's base (AnB); '+' = fine-tuned; RnT = random frozen
-filters. A replicate is one (split, seed, target): random splits and both directions (AnB and
-BnA) are pooled, as in the study's Figure 2. Every effect is computed within a replicate, then
-summarised over replicates (stats.py); the dissimilar-split finding compares two groups of
-replicates (Welch). Positive effects are in the direction the study claims.
+filters. Every effect is computed inside one (split, seed, target) first. The replicate is the
+independent training unit, one (split, seed): the two directions of a unit share both bases (baseA
+is AnB's source and AnA's base), so their effects are averaged into one value before the interval
+is taken over units. The dissimilar-split finding compares two groups of units (Welch). Positive
+effects are in the direction the study claims; a verdict weighs the interval against 0 and the
+smallest effect of interest, ``report.margin`` (stats.verdict).
+
+The controls follow the study: the fine-tuning boost is judged against BnB+ (the same training
+started from the target's own features), and the budget check asks whether BnB+, retrained from its
+own base, beats that base: if it does, the bases are under-trained and the curves measure the budget.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from statistics import mean
 from typing import Any
 
+from . import study
 from .runs import role
 from .stats import Estimate, t_interval, verdict, welch_interval
 
 MIDDLE = (3, 4, 5)  # where the study saw BnB's co-adaptation dip
 ALL_N = tuple(range(1, 8))
+TABLE1 = {"n = 1..7": ALL_N, "n = 3..7": (3, 4, 5, 6, 7), "n = 5..7": (5, 6, 7)}  # the study's Table 1 rows
+# what an under-trained base confounds: each compares a role with the base it was not trained beside
+CONFOUNDED = ("fragile co-adaptation", "fine-tuning boost over the base")
 
 Replicate = dict[tuple[str, int], float]  # (role, n) -> top-1 (the study's metric); base at n = 0
+Units = dict[tuple[str, int], list[Replicate]]  # (split, seed) -> its replicates, one per target half
+Effect = Callable[[Replicate], float]
 
 
 def replicates(rows: list[dict[str, Any]]) -> dict[tuple[str, int, str], Replicate]:
@@ -34,12 +47,31 @@ def replicates(rows: list[dict[str, Any]]) -> dict[tuple[str, int, str], Replica
     return dict(out)
 
 
+def units(rows: list[dict[str, Any]], splits: list[str]) -> Units:
+    """The independent training units (split, seed) of ``splits``, each with its target halves."""
+    out: Units = defaultdict(list)
+    for (split, seed, _), rep in sorted(replicates(rows).items()):
+        if split in splits:
+            out[(split, seed)].append(rep)
+    return dict(out)
+
+
 def _has(rep: Replicate, roles: tuple[str, ...], ns: tuple[int, ...]) -> bool:
     return all((r, 0 if r == "base" else n) in rep for r in roles for n in ns)
 
 
-def _over(reps: list[Replicate], roles: tuple[str, ...], ns: tuple[int, ...], effect) -> Estimate | None:
-    values = [effect(rep) for rep in reps if _has(rep, roles, ns)]
+def unit_values(us: Units, roles: tuple[str, ...], ns: tuple[int, ...], effect: Effect) -> list[float]:
+    """One value per unit: the effect averaged over the unit's target halves that have its roles."""
+    out = []
+    for reps in us.values():
+        values = [effect(rep) for rep in reps if _has(rep, roles, ns)]
+        if values:
+            out.append(mean(values))
+    return out
+
+
+def over(us: Units, roles: tuple[str, ...], ns: tuple[int, ...], effect: Effect) -> Estimate | None:
+    values = unit_values(us, roles, ns, effect)
     return t_interval(values) if values else None
 
 
@@ -48,46 +80,64 @@ def _drop(rep: Replicate) -> float:
     return rep[("base", 0)] - mean(rep[("SnT", n)] for n in ALL_N)
 
 
-def evaluate(rows: list[dict[str, Any]], random_splits: list[str],
-             dissimilar_splits: list[str]) -> list[dict[str, Any]]:
+def role_minus_base(us: Units, want: str, n: int) -> Estimate | None:
+    return over(us, ("base", want), (n,), lambda r: r[(want, n)] - r[("base", 0)])
+
+
+def boost(us: Units, against: str, ns: tuple[int, ...]) -> Estimate | None:
+    """Mean over ``ns`` of SnT+ minus TnT+ (``against='TnT+'``) or minus the base."""
+    if against == "base":
+        return over(us, ("base", "SnT+"), ns, lambda r: mean(r[("SnT+", n)] for n in ns) - r[("base", 0)])
+    return over(us, ("SnT+", "TnT+"), ns, lambda r: mean(r[("SnT+", n)] - r[("TnT+", n)] for n in ns))
+
+
+def _judged(est: Estimate, margin: float, study_value: float | None = None, positive: bool = True) -> dict[str, Any]:
+    return {**est.as_dict(), "verdict": verdict(est, margin, positive), "study": study_value}
+
+
+def evaluate(rows: list[dict[str, Any]], random_splits: list[str], dissimilar_splits: list[str],
+             margin: float = 0.0) -> list[dict[str, Any]]:
     """Every finding that the runs can speak to, in the study's order."""
-    reps = replicates(rows)
-    similar = [rep for (split, _, _), rep in sorted(reps.items()) if split in random_splits]
-    dissimilar = [rep for (split, _, _), rep in sorted(reps.items()) if split in dissimilar_splits]
+    similar = units(rows, random_splits)
+    dissimilar = units(rows, dissimilar_splits)
+    ref = study.effects()
     out = []
 
     def add(name: str, claim: str, measure: str, est: Estimate | None, ver: str | None = None,
             **detail: Any) -> None:
         if est is not None:
             out.append({"finding": name, "claim": claim, "effect": measure, "estimate": est,
-                        "verdict": ver or verdict(est), **detail})
+                        "verdict": ver or verdict(est, margin), "study": ref.get(name), **detail})
 
-    per_n = {n: _over(similar, ("TnT", "SnT"), (n,), lambda r, n=n: r[("TnT", n)] - r[("SnT", n)]) for n in ALL_N}
+    per_n = {n: over(similar, ("TnT", "SnT"), (n,), lambda r, n=n: r[("TnT", n)] - r[("SnT", n)]) for n in ALL_N}
     per_n = {n: e for n, e in per_n.items() if e is not None}
     if per_n:
-        holds = [n for n in per_n if all(verdict(per_n[m]) == "holds" for m in per_n if m >= n)]
+        holds = [n for n in per_n if all(verdict(per_n[m], margin) == "holds" for m in per_n if m >= n)]
         top = max(per_n)
         add("specificity", "SnT (AnB) falls below TnT (BnB) at higher layers",
             f"TnT - SnT at n = {top}", per_n[top],
-            by_n={n: {**e.as_dict(), "verdict": verdict(e)} for n, e in per_n.items()},
+            by_n={n: {**e.as_dict(), "verdict": verdict(e, margin)} for n, e in per_n.items()},
             starts_at=min(holds) if holds else None)
 
-    dip = _over(similar, ("base", "TnT"), MIDDLE, lambda r: r[("base", 0)] - mean(r[("TnT", n)] for n in MIDDLE))
-    dip_ft = _over(similar, ("base", "TnT+"), MIDDLE,
-                   lambda r: r[("base", 0)] - mean(r[("TnT+", n)] for n in MIDDLE))
+    dip = over(similar, ("base", "TnT"), MIDDLE, lambda r: r[("base", 0)] - mean(r[("TnT", n)] for n in MIDDLE))
+    dip_ft = over(similar, ("base", "TnT+"), MIDDLE,
+                  lambda r: r[("base", 0)] - mean(r[("TnT+", n)] for n in MIDDLE))
     if dip is not None and dip_ft is not None:
-        both = "holds" if verdict(dip) == "holds" and verdict(dip_ft) != "holds" else (
-            "does not hold" if verdict(dip) == "does not hold" else "inconclusive")
+        frozen, tuned = verdict(dip, margin), verdict(dip_ft, margin)
+        both = ("does not hold" if frozen == "does not hold" or tuned == "holds" else
+                "holds" if frozen == "holds" and tuned == "does not hold" else "inconclusive")
         add("fragile co-adaptation", "TnT (BnB) dips below the base in the middle layers; TnT+ (BnB+) does not",
             "base - mean TnT over n = 3..5", dip, both, fine_tuned=dip_ft.as_dict(),
-            fine_tuned_verdict=verdict(dip_ft, positive=False))
+            fine_tuned_dip_verdict=tuned)
 
-    add("fine-tuning boost", "SnT+ (AnB+) is above the base, on average over n",
-        "mean SnT+ over n = 1..7 - base",
-        _over(similar, ("base", "SnT+"), ALL_N, lambda r: mean(r[("SnT+", n)] for n in ALL_N) - r[("base", 0)]))
+    table1 = {f"{against} {label}": _judged(e, margin, study.boost(against, ns))
+              for against in ("TnT+", "base") for label, ns in TABLE1.items()
+              if (e := boost(similar, against, ns)) is not None}
+    add("fine-tuning boost", "SnT+ (AnB+) beats TnT+ (BnB+), the same training from the target's own features",
+        "mean SnT+ - TnT+ over n = 1..7", boost(similar, "TnT+", ALL_N), table1=table1)
 
-    a = [_drop(r) for r in dissimilar if _has(r, ("base", "SnT"), ALL_N)]
-    b = [_drop(r) for r in similar if _has(r, ("base", "SnT"), ALL_N)]
+    a = unit_values(dissimilar, ("base", "SnT"), ALL_N, _drop)
+    b = unit_values(similar, ("base", "SnT"), ALL_N, _drop)
     if a and b:
         add("dissimilar tasks transfer worse", "SnT (AnB) drops more below the base on the dissimilar split",
             "drop on dissimilar - drop on random splits (drop = base - mean SnT over n = 1..7)",
@@ -95,9 +145,41 @@ def evaluate(rows: list[dict[str, Any]], random_splits: list[str],
 
     add("random frozen filters", "accuracy falls with n far faster with random filters than with trained ones",
         "(RnT(1) - RnT(7)) - (SnT(1) - SnT(7))",
-        _over(similar, ("RnT", "SnT"), (1, 7),
-              lambda r: (r[("RnT", 1)] - r[("RnT", 7)]) - (r[("SnT", 1)] - r[("SnT", 7)])))
+        over(similar, ("RnT", "SnT"), (1, 7),
+             lambda r: (r[("RnT", 1)] - r[("RnT", 7)]) - (r[("SnT", 1)] - r[("SnT", 7)])))
     return out
+
+
+def budget_check(rows: list[dict[str, Any]], random_splits: list[str], margin: float) -> dict[str, Any] | None:
+    """BnB+ - base at every n, pooled over units: a base on its plateau is not beaten by a network
+    retrained from it (the study: within 0.9 points). The check passes where the interval lies within
+    +-margin; ``warning`` says in words what it means where it does not, or is None."""
+    us = units(rows, random_splits)
+    by_n = {n: e for n in ALL_N if (e := role_minus_base(us, "TnT+", n)) is not None}
+    if not by_n:
+        return None
+    ref = study.curves()["TnT+"]
+    entries = {n: {**e.as_dict(), "within_margin": e.low is not None and -margin <= e.low and e.high <= margin,
+                   "study": ref.get(n)} for n, e in by_n.items()}
+    above = [n for n, e in by_n.items() if e.low is not None and e.low > 0]
+    wide = [n for n in by_n if not entries[n]["within_margin"] and n not in above]
+    if all(e.low is None for e in by_n.values()):
+        warning = ("convergence not shown: one replicate gives no interval; train two or more units (experiment.splits "
+                   "x seeds) to check that BnB+ stays within the margin of its base")
+    elif above:
+        worst = max(above, key=lambda n: by_n[n].mean)
+        warning = (f"the bases look under-trained: BnB+ (retrained from its own base) beats the base at "
+                   f"n = {', '.join(map(str, above))} (by {by_n[worst].mean:+.4f} at n = {worst}), so the curves "
+                   f"measure the training budget as well as transfer; this confounds: {', '.join(CONFOUNDED)}. "
+                   "Train longer (train.epochs) until doubling the budget no longer moves the base.")
+    elif wide:
+        warning = (f"convergence not shown: BnB+ - base is not within +-{margin} at n = {', '.join(map(str, wide))} "
+                   "(the interval is wider than the margin, or BnB+ falls below the base); more replicates "
+                   f"would tell; until then read {', '.join(CONFOUNDED)} with care.")
+    else:
+        warning = None
+    return {"effect": "TnT+ - base (BnB+ - baseB)", "margin": margin, "by_n": entries,
+            "passes": warning is None, "warning": warning}
 
 
 def as_json(found: list[dict[str, Any]]) -> dict[str, Any]:
@@ -107,13 +189,39 @@ def as_json(found: list[dict[str, Any]]) -> dict[str, Any]:
             for f in found}
 
 
+def _ci(low: float | None, high: float | None) -> str:
+    return "" if low is None else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def _study(value: float | None) -> str:
+    return "" if value is None else f"{value:+.4f}"
+
+
 def table(found: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    header = ["finding", "claim", "effect measured", "estimate", "95% interval", "replicates", "verdict"]
+    header = ["finding", "claim", "effect measured", "estimate", "95% interval", "replicates", "verdict",
+              "the study (ImageNet)"]
     rows = []
     for f in found:
         e = f["estimate"]
-        ci = "" if e.low is None else f"[{e.low:+.4f}, {e.high:+.4f}]"
         extra = f" (holds from n = {f['starts_at']})" if f.get("starts_at") else ""
-        rows.append([f["finding"], f["claim"], f["effect"], f"{e.mean:+.4f}", ci, str(e.replicates),
-                     f["verdict"] + extra])
+        rows.append([f["finding"], f["claim"], f["effect"], f"{e.mean:+.4f}", _ci(e.low, e.high), str(e.replicates),
+                     f["verdict"] + extra, _study(f["study"])])
+    return header, rows
+
+
+def boost_table(found: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]] | None:
+    """The study's Table 1: the fine-tuning boost against BnB+ and against the base, over three ranges of n."""
+    f = next((f for f in found if f["finding"] == "fine-tuning boost"), None)
+    if f is None:
+        return None
+    header = ["AnB+ minus", "layers", "estimate", "95% interval", "verdict", "the study (ImageNet)"]
+    rows = [[key.split(" ", 1)[0].replace("TnT+", "BnB+ (TnT+)"), key.split(" ", 1)[1], f"{v['mean']:+.4f}",
+             _ci(*(v["ci95"] or (None, None))), v["verdict"], _study(v["study"])] for key, v in f["table1"].items()]
+    return header, rows
+
+
+def budget_table(check: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    header = ["n", "BnB+ - base", "95% interval", f"within +-{check['margin']}", "the study (ImageNet)"]
+    rows = [[n, f"{e['mean']:+.4f}", _ci(*(e["ci95"] or (None, None))), "yes" if e["within_margin"] else "no",
+             _study(e["study"])] for n, e in check["by_n"].items()]
     return header, rows

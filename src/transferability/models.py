@@ -14,25 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .architecture import architecture
 from .lrn import LocalResponseNorm
 
 LAYER_NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
-# (out channels, kernel, stride, padding, groups, pool kernel or 0, lrn after pool)
-CAFFENET_CONVS = ((96, 11, 4, 0, 1, 3, True), (256, 5, 1, 2, 2, 3, True), (384, 3, 1, 1, 1, 0, False),
-                  (384, 3, 1, 1, 2, 0, False), (256, 3, 1, 1, 2, 3, False))
-CAFFENET_FC = 4096
 # The study's prototxt: Gaussian std and constant bias per layer.
 CAFFE_INIT = {"conv1": (0.01, 0.0), "conv2": (0.01, 1.0), "conv3": (0.01, 0.0), "conv4": (0.01, 1.0),
               "conv5": (0.01, 1.0), "fc6": (0.005, 1.0), "fc7": (0.005, 1.0), "fc8": (0.01, 0.0)}
-
-
-def small_convs(width: float) -> tuple[tuple[int, int, int, int, int, int, bool], ...]:
-    def ch(c: int) -> int:
-        return max(2, 2 * round(c * width / 2))  # even, for the two groups
-
-    return ((ch(32), 3, 1, 1, 1, 2, True), (ch(64), 3, 1, 1, 2, 2, True), (ch(96), 3, 1, 1, 1, 0, False),
-            (ch(96), 3, 1, 1, 2, 0, False), (ch(64), 3, 1, 1, 2, 2, False))
 
 
 class AlexNetFamily(nn.Module):
@@ -101,11 +90,7 @@ def build_model(model: dict[str, Any], in_channels: int, num_classes: int, input
     """Build and initialise a network; the same seed gives the same weights.
 
     ``fast_lrn`` swaps torch's LocalResponseNorm for lrn.py's (same numbers, bit for bit)."""
-    if model["arch"] == "caffenet":
-        convs, fc = CAFFENET_CONVS, CAFFENET_FC
-    else:
-        width = model.get("width", 1.0)
-        convs, fc = small_convs(width), max(2, round(256 * width))
+    convs, fc = architecture(model)
     with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
         torch.manual_seed(seed)
         net = AlexNetFamily(convs, fc, in_channels, num_classes, input_size, model["dropout"], fast_lrn)

@@ -14,9 +14,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from . import runs
+from .architecture import smallest_input
 from .errors import UserError
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
+FASHION_MNIST_SIDE = 28
 
 
 def schema() -> dict[str, Any]:
@@ -95,6 +98,37 @@ def check(params: dict[str, Any], source: str = "params") -> None:
     ds = params["dataset"]
     if ds["source"] == "imagefolder" and not ds.get("image_size"):
         raise UserError(f"{source}: dataset.image_size is required for source 'imagefolder' (e.g. 256)")
+    check_inputs(params, source)
+    evals = params["evaluate"]["evals"]
+    if params["evaluate"]["k_best"] > evals:
+        raise UserError(f"{source}: evaluate.k_best is {params['evaluate']['k_best']} but a run makes at most "
+                        f"{evals} evaluations (evaluate.evals); lower k_best")
+    planned = {n.slug for n in runs.networks(params) if n.split in exp["splits"]}  # features: main splits
+    for net in feats.get("networks", []):
+        if not net.startswith("tv-") and net not in planned:
+            raise UserError(f"{source}: features.networks has {net}, which the experiment does not train; add "
+                            "its variant and n to experiment.variants and .layers, or drop it")
+
+
+def image_side(dataset: dict[str, Any]) -> int:
+    """The side of the stored images: Fashion-MNIST's 28, or the square an image folder is resized to."""
+    return FASHION_MNIST_SIDE if dataset["source"] == "fashion_mnist" else dataset["image_size"]
+
+
+def check_inputs(params: dict[str, Any], source: str = "params") -> None:
+    """The network's input, known from params alone: a crop no larger than the stored images, and
+    an input no smaller than the architecture takes (either would fail only once training starts)."""
+    ds, arch, crop = params["dataset"], params["model"]["arch"], params["train"].get("crop")
+    side = image_side(ds)
+    stored = f"{ds['source']} images are {side}x{side}"
+    if crop and crop > side:
+        raise UserError(f"{source}: train.crop is {crop} but the {stored}; set train.crop to at most {side}, "
+                        "or null for no crop")
+    size, least = crop or side, smallest_input(params["model"])
+    if size < least:
+        given = f"train.crop is {crop}" if crop else f"the {stored}"
+        raise UserError(f"{source}: model.arch {arch} takes inputs of at least {least}x{least}, but {given}; "
+                        f"use model.arch: small, or images of at least {least} (dataset.image_size, train.crop)")
 
 
 def check_estimators(params: dict[str, Any], source: str) -> None:

@@ -340,7 +340,7 @@ def compare(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) -> Pa
     """The `estimators` stage: estimators.md (the table and which estimator tracks best), estimators.png, and
     estimators.json, whose ``metrics`` (rank correlations and scores: the same bits from the same runs) the
     report merges into metrics.json; the costs, which differ from run to run, stay out of it."""
-    from .report import markdown
+    from .tables import markdown
 
     out = Path(out_dir)
     methods, layers = params["estimators"]["methods"], params["experiment"]["layers"]

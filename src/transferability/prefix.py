@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import LEAST_BATCH, HalfData, chunks, make_batch
+from .data import LEAST_BATCH, HalfData, chunks, make_batch, to_device
 from .models import AlexNetFamily
 
 MODES = ("full", "no_grad", "cache")
@@ -53,8 +53,8 @@ class PrefixCache:
     def batch(self, idx: torch.Tensor, data: HalfData, mirror: bool, gen: torch.Generator) -> torch.Tensor:
         """The head's output for a training batch, drawing the flips exactly as ``make_batch`` does."""
         if mirror:
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            idx = idx + self.num_train * flip.to(idx.device).long()
+            flip = to_device(torch.rand(len(idx), generator=gen) < 0.5, idx.device)
+            idx = idx + self.num_train * flip.long()
         return self.train_views[idx]
 
     @property

@@ -16,6 +16,7 @@ from .errors import UserError
 
 PREPARED = "data/prepared/{dataset}"
 SPLIT = "data/splits/{split}.json"
+STUDY_LISTS = "data/splits/lists"  # `split --lists`: a split as the study's own list files
 BASE_DIR = "data/runs/{split}/seed{seed}/{variant}"
 TRANSFER_DIR = "data/runs/{split}/seed{seed}/{variant}/n{n}"
 # A run's resumable state lives outside its folder, so a DAG that clears a stale run's outputs
@@ -147,13 +148,13 @@ def role(family: str, target: str) -> str:
 
 def networks(params: dict[str, Any]) -> list[Network]:
     """Every network the experiment section asks for, bases first, in a stable order: the main
-    splits with every variant, then the dissimilar-task control with its own (fewer) variants."""
-    exp = params["experiment"]
+    splits with every variant, then the dissimilar-task control with its own seeds and (fewer) variants."""
+    exp, dis = params["experiment"], params["experiment"]["dissimilar"]
     out = []
-    for splits, variants in ((exp["splits"], exp["variants"]),
-                             (exp["dissimilar"]["splits"], exp["dissimilar"]["variants"])):
+    for splits, seeds, variants in ((exp["splits"], exp["seeds"], exp["variants"]),
+                                    (dis["splits"], dis["seeds"], dis["variants"])):
         for split in splits:
-            for seed in exp["seeds"]:
+            for seed in seeds:
                 out += [Network(split, seed, "baseA"), Network(split, seed, "baseB")]
                 out += [Network(split, seed, v, n) for v in variants for n in exp["layers"]]
     return out

@@ -42,6 +42,10 @@ class SGD:
         return {"momentum_buffers": self.buffers, "lr": [g["lr"] for g in self.param_groups]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.buffers = [[None if b is None else b.clone() for b in group] for group in state["momentum_buffers"]]
+        """Take the buffers onto their parameters' devices: a checkpoint is loaded on the CPU, and a
+        buffer left there would fail the first step of a run resumed on a GPU."""
+        self.buffers = [[None if b is None else b.to(p.device, copy=True)
+                         for b, p in zip(bufs, g["params"], strict=True)]
+                        for bufs, g in zip(state["momentum_buffers"], self.param_groups, strict=True)]
         for g, lr in zip(self.param_groups, state["lr"], strict=True):
             g["lr"] = lr

@@ -1,7 +1,8 @@
 """Long row-wise computations in shards, so a killed stage resumes where it stopped.
 
-``sharded_rows``: each shard of rows is saved atomically under a work folder named by a digest of
-the inputs; a restarted stage loads the finished shards and computes only the missing ones.
+``sharded_rows``: each shard of rows is saved atomically and sealed under a work folder named by a
+digest of the inputs; a restarted stage keeps the intact finished shards and computes the missing
+(or damaged) ones; ``join_npy`` then streams them into the output.
 
 ``fill_npy``: rows too many to hold in memory (ImageNet: 250 GB) go straight into one preallocated
 .npy, written by a pool of processes. The parent takes finished shards in order, hashes their rows
@@ -21,6 +22,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -32,7 +34,8 @@ import numpy as np
 from . import progress
 from .atomic import atomic_path, ensure_writable, write_json
 from .errors import UserError
-from .store import NPY_HEADER, npy_header, save_npy
+from .sealed import intact, sealed_writer
+from .store import NPY_HEADER, npy_header
 
 Imap = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
 PIECE = 64  # items per task of fill_npy: a shard is shared among the workers, however few shards there are
@@ -43,12 +46,18 @@ def worker_pool(workers: int) -> Iterator[Imap]:
     """An ordered ``imap`` over ``workers`` processes, or plain ``map`` in this process for one.
 
     Forked, so a worker starts in milliseconds and imports nothing (spawn would re-run the caller's
-    main module in each); a failure or an interrupt terminates them all."""
+    main module in each); a failure or an interrupt terminates them all. Workers ignore Ctrl-C and
+    end quietly on SIGTERM: the parent alone reports an interrupt (cli.py), in one line."""
     if workers <= 1:
         yield map
         return
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=_quiet_worker) as pool:
         yield functools.partial(pool.imap, chunksize=1)
+
+
+def _quiet_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def key_folder(work: Path, key: str) -> Path:
@@ -63,24 +72,39 @@ def key_folder(work: Path, key: str) -> Path:
 
 
 def sharded_rows(work: Path, key: str, n: int, shard: int, make: Callable[[int, int], np.ndarray],
-                 desc: str) -> np.ndarray:
-    """Rows 0..n of ``make(start, stop)``, computed a shard at a time and kept in ``work/key``."""
+                 desc: str) -> list[Path]:
+    """Rows 0..n of ``make(start, stop)`` as shard files in ``work/key``, computed a shard at a time.
+
+    Each shard is sealed (sealed.py): one a restarted stage finds damaged is set aside and computed
+    again, never trusted. Read them in order with ``join_npy``."""
     folder = key_folder(work, key)
-    starts = list(range(0, n, shard))
+    starts = list(range(0, max(n, 1), shard))  # one (empty) shard for no rows: it still has their width
     files = [folder / f"shard-{i:05d}.npy" for i in range(len(starts))]
-    done = sum(f.exists() for f in files)
+    done = sum(intact(f, "computing it again") for f in files)
     if done:
         print(f"{desc}: resuming, {done} of {len(files)} shards already done", file=sys.stderr)
     with progress.bar(n, desc, "row") as bar:
         for start, f in zip(starts, files, strict=True):
             stop = min(start + shard, n)
             if not f.exists():
-                with atomic_path(f) as tmp:
-                    save_npy(tmp, make(start, stop))
+                with sealed_writer(f) as out:
+                    np.lib.format.write_array(out, make(start, stop))
             bar.update(stop - start)
-    if not files:
-        return make(0, 0)
-    return np.concatenate([np.load(f) for f in files])
+    return files
+
+
+def join_npy(files: list[Path], dest: Path, cols: slice = slice(None)) -> tuple[int, ...]:
+    """Write the .npy files' rows, in order, as the one .npy ``dest`` (a shard at a time, never the
+    whole in memory: an ImageNet feature dump is ~13 GB); ``cols``: only those columns (a dump's logits
+    go to a file of their own). Return its shape."""
+    parts = [np.load(f, mmap_mode="r")[:, cols] for f in files]
+    shape = (sum(len(p) for p in parts), *parts[0].shape[1:])
+    with open(dest, "wb") as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(parts[0].dtype),
+                                                   "fortran_order": False, "shape": shape})
+        for p in parts:
+            out.write(np.ascontiguousarray(p).data)
+    return shape
 
 
 @dataclass(frozen=True)

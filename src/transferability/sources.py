@@ -154,12 +154,12 @@ def _class_folders(part_dir: Path) -> list[Path]:
     return sorted(p for p in part_dir.iterdir() if p.is_dir())
 
 
-def labels_file(name: str, root: Path) -> Path:
+def labels_file(name: str, root: Path, key: str = "dataset.val_labels") -> Path:
     """``name`` as given, else inside the dataset root, else the study's copy shipped with the package."""
     for path in (Path(name), root / name, REFERENCE / name, REFERENCE / f"{name}.gz"):
         if path.is_file():
             return path
-    raise UserError(f"dataset.val_labels: {name} not found (nor in {root} or {REFERENCE}); give its path")
+    raise UserError(f"{key}: {name} not found (nor in {root} or {REFERENCE}); give its path")
 
 
 def read_val_labels(path: Path, ids: list[str]) -> dict[str, int]:
@@ -247,14 +247,39 @@ def list_imagefolder(root: Path, val_labels: str | None) -> tuple[list[str], dic
 
 # --- decoding a folder into the store's images files --------------------------------------------
 
+def _stamp(path: str, name: str) -> bytes:
+    """``name`` with the size and modification time of ``path``: what tells a replaced file, unread."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:  # a dangling link: prepare names it; a digest must not fail on it
+        return f"{name}\0{exc.strerror}\n".encode()
+    return f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+
+
+def fingerprint(dataset: dict[str, Any]) -> str:
+    """A digest of every file under ``dataset.root`` by path, size and mtime: a change means the store
+    is stale. Snakemake re-runs prepare when it changes (a `params:` value); DVC has the root as a dep.
+
+    Stats only, no reads: ILSVRC-2012's 1.3M files (~140 GB) are a walk of stat calls, where hashing
+    their bytes (what DVC does for its DAG, once, then keeps by mtime) reads all 140 GB. A missing root
+    has a digest too, so a DAG plans before the data is in place; prepare itself names what is missing."""
+    root = str(dataset["root"])
+    h = hashlib.sha256()
+    for folder, dirs, files in os.walk(root, followlinks=True):  # linked class folders, as the listing reads
+        dirs.sort()
+        rel = os.path.relpath(folder, root)  # once per folder: per file it costs more than the stat
+        for name in sorted(files):
+            h.update(_stamp(os.path.join(folder, name), os.path.join(rel, name)))
+    return h.hexdigest()[:16]
+
+
 def _listing_key(part: str, files: list[str], size: int, channels: int, shard: int) -> str:
     """A digest of what the decoded rows depend on: the files (path, size, mtime), the size, the
     shard layout and the decoding code (this file, Pillow's version)."""
     h = hashlib.sha256(json.dumps([part, size, channels, shard, PIL.__version__,
                                    hashlib.sha256(Path(__file__).read_bytes()).hexdigest()]).encode())
     for f in files:
-        st = os.stat(f)
-        h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(_stamp(f, f))
     return h.hexdigest()[:16]
 
 
@@ -273,8 +298,27 @@ def _check_all(folder: Path, files: list[str], imap: Imap, desc: str, chunk: int
     return bad
 
 
-def _decode_part(part: str, files: list[str], labels: np.ndarray, size: int, channels: int, work: Path,
-                 shard: int, skip: bool, imap: Imap) -> tuple[ImagesFile, np.ndarray]:
+def refuse_empty_classes(part: str, files: list[str], labels: np.ndarray, ids: list[str],
+                         unreadable: dict[int, str]) -> None:
+    """Every class needs images in both parts: one without training images would still be a class
+    of the network's output, and one without test images would be left out of every accuracy,
+    both without a word. ``unreadable``: file index -> reason, the files left out."""
+    kept = np.ones(len(files), dtype=bool)
+    kept[list(unreadable)] = False
+    counts = np.bincount(labels[kept], minlength=len(ids))
+    for c in np.flatnonzero(counts == 0):
+        lost = [i for i in unreadable if labels[i] == c]
+        if lost:
+            raise UserError(f"class {ids[c]} has no readable {part} image: all {len(lost)} of its files are "
+                            f"unreadable (e.g. {files[lost[0]]}: {unreadable[lost[0]]}); replace them, or remove "
+                            "the class from the dataset (its train and val images)")
+        folder = "train" if part == "train" else "val"
+        raise UserError(f"class {ids[c]} has no {part} images (nothing of it in {folder}/); add its images, or "
+                        "remove the class from the dataset (its train and val images)")
+
+
+def _decode_part(part: str, files: list[str], labels: np.ndarray, ids: list[str], size: int, channels: int,
+                 work: Path, shard: int, skip: bool, imap: Imap) -> tuple[ImagesFile, np.ndarray]:
     folder = key_folder(work / part, _listing_key(part, files, size, channels, shard))
     bad = _check_all(folder, files, imap, f"check {part}")
     if bad and not skip:
@@ -282,10 +326,9 @@ def _decode_part(part: str, files: list[str], labels: np.ndarray, size: int, cha
             print(f"unreadable: {files[i]} ({reason})", file=sys.stderr)
         more = f" (and {len(bad) - 1} more, listed above)" if len(bad) > 1 else ""
         raise UserError(f"cannot read {files[bad[0][0]]} ({bad[0][1]}){more}; {BAD_IMAGE_FIX}")
+    refuse_empty_classes(part, files, labels, ids, dict(bad))  # before hours of decoding
     drop = {i for i, _ in bad}
     keep = [i for i in range(len(files)) if i not in drop]
-    if not keep:
-        raise UserError(f"every image of {part} is unreadable: check the dataset")
     mode = "L" if channels == 1 else "RGB"
     filled = fill_npy(folder, [files[i] for i in keep], (channels, size, size), shard,
                       functools.partial(_decode_shard, size=size, mode=mode), imap, skip, BAD_IMAGE_FIX,
@@ -294,9 +337,8 @@ def _decode_part(part: str, files: list[str], labels: np.ndarray, size: int, cha
     skipped = sorted([(i, r) for i, r in bad] + list(failed.items()))
     for i, reason in skipped:
         print(f"skipped unreadable image {files[i]} ({reason})", file=sys.stderr)
+    refuse_empty_classes(part, files, labels, ids, dict(skipped))
     kept = np.array([i for i in keep if i not in failed], dtype=np.int64)
-    if not len(kept):
-        raise UserError(f"every image of {part} is unreadable: check the dataset")
     images = ImagesFile(filled.path, filled.shape, filled.sha256, filled.stats.reshape(channels, 256),
                         [(files[i], r) for i, r in skipped])
     return images, labels[kept]
@@ -309,9 +351,11 @@ def imagefolder(root: str | Path, size: int, channels: int, work: Path, shard: i
     root = Path(root)
     ids, parts, layout = list_imagefolder(root, val_labels)
     images, labels = {}, {}
+    for part, (files, part_labels) in parts.items():
+        refuse_empty_classes(part, files, part_labels, ids, {})  # a class val/ lacks: before any decoding
     with worker_pool(workers) as imap:
         for part, (files, part_labels) in parts.items():
-            images[part], labels[part] = _decode_part(part, files, part_labels, size, channels, work, shard,
+            images[part], labels[part] = _decode_part(part, files, part_labels, ids, size, channels, work, shard,
                                                       on_bad_image == "skip", imap)
     classes = [{"index": i, "id": c, "name": c} for i, c in enumerate(ids)]
     source = {"source": "imagefolder", "root": str(root), "image_size": size, **layout}

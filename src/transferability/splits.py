@@ -5,10 +5,15 @@ with a one-element list, then ``choice(arange(N), N // 2, replace=False)``), so 
 seeds 0..3 give the study's four halves. ``lists`` takes explicit class lists (names, ids,
 indices, or a file of them), e.g. the study's natural / man-made halves. Inside a half classes
 are renumbered 0..N-1 in increasing original index order, as in the study.
+
+``study_lists`` writes a split as the study's own list files: each half's lines of an ILSVRC-2012
+list ('FILE IDX', e.g. whole_valid_files.txt) as 'FILE NEWIDX', and the half's index map, byte for
+byte as the study's make_reduced_dataset.py wrote them, so its users can compare with ours.
 """
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +96,31 @@ def make_split(name: str, spec: dict[str, Any], classes: list[dict[str, Any]]) -
              "num_classes": n, **halves}
     split["checksum"] = digest({h: halves[h] for h in ("A", "B")})
     return split
+
+
+def read_listing(path: Path, num_classes: int) -> list[tuple[str, int]]:
+    """(file, class index) per line of a 'FILE IDX' list, such as the study's whole_valid_files.txt."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt") as f:
+        for n, line in enumerate(f, 1):
+            fields = line.split()
+            if len(fields) != 2 or not fields[1].isdigit() or int(fields[1]) >= num_classes:
+                raise UserError(f"{path}, line {n}: expected 'FILE IDX' with IDX in 0..{num_classes - 1}, "
+                                f"got {line.strip()!r}")
+            rows.append((fields[0], int(fields[1])))
+    return rows
+
+
+def study_lists(split: dict[str, Any], listing: list[tuple[str, int]]) -> dict[str, dict[str, str]]:
+    """Per half, the text of its list ('FILE NEWIDX' for the listing's lines of its classes, in the
+    listing's order) and of its index map ('# Orig_idx new_idx', one line per class)."""
+    out = {}
+    for half in ("A", "B"):
+        new = {old: i for i, old in enumerate(split[half]["indices"])}
+        out[half] = {"files": "".join(f"{f} {new[c]}\n" for f, c in listing if c in new),
+                     "idxmap": "# Orig_idx new_idx\n" + "".join(f"{o} {i}\n" for o, i in new.items())}
+    return out
 
 
 def check_split(split: dict[str, Any]) -> None:

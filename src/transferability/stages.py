@@ -6,6 +6,7 @@ The CLI, Snakemake and DVC all end up here; nothing about a stage's logic lives 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import shutil
@@ -17,10 +18,10 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from . import progress, runs
-from .atomic import atomic_dir, ensure_writable, write_bytes, write_json, write_text
+from . import checkpoints, progress, runs
+from .atomic import atomic_dir, atomic_path, ensure_writable, write_json, write_text
 from .data import Rows, half_data, input_size, normalisation
-from .devices import resolve_device
+from .devices import setup
 from .errors import UserError
 from .features import (
     IMAGENET_MEAN,
@@ -36,9 +37,9 @@ from .features import (
 from .models import build_model
 from .params import digest, source_digest
 from .runs import FeatureJob, Network
-from .shards import sharded_rows
-from .sources import read_source
-from .splits import check_split, make_split
+from .shards import join_npy, sharded_rows
+from .sources import ilsvrc_synsets, labels_file, read_source
+from .splits import check_split, make_split, read_listing, study_lists
 from .store import load_store, save_npy, sha256_file, write_store
 from .training import train, versions
 from .transfer import make_network
@@ -74,6 +75,27 @@ def split(params: dict[str, Any], name: str) -> Path:
     return dest
 
 
+def split_lists(params: dict[str, Any], name: str, lists: list[str], out: str | Path = runs.STUDY_LISTS) -> Path:
+    """The split over ILSVRC-2012's 1000 classes as the study's list files: for each list (a path, or
+    the study's whole_valid_files.txt, shipped), ``<out>/<split><half>/<list name>`` and its idxmap.txt.
+    No store is needed: the lists number classes as ILSVRC-2012 does (synsets.txt order)."""
+    if name not in params["splits"]:
+        raise UserError(f"split '{name}' is not defined under 'splits' (defined: {', '.join(params['splits'])})")
+    classes = [{"index": i, "id": wnid, "name": wnid} for i, wnid in enumerate(ilsvrc_synsets())]
+    result = make_split(name, params["splits"][name], classes)
+    for given in lists:
+        path = labels_file(given, Path(params["dataset"]["root"]), "--lists")
+        texts = study_lists(result, read_listing(path, len(classes)))
+        list_name = path.name.removesuffix(".gz")
+        for half, text in texts.items():
+            folder = Path(out) / f"{name}{half}"
+            write_text(folder / list_name, text["files"])
+            write_text(folder / "idxmap.txt", text["idxmap"])
+            lines, md5 = len(text["files"].splitlines()), hashlib.md5(text["files"].encode()).hexdigest()
+            print(f"{folder / list_name}: {lines} lines, md5 {md5}", file=sys.stderr)
+    return Path(out)
+
+
 def read_split(name: str) -> dict[str, Any]:
     path = runs.split_path(name)
     if not path.exists():
@@ -98,14 +120,18 @@ def curve_csv(evals: list[dict[str, Any]]) -> str:
 
 def train_network(params: dict[str, Any], split_name: str, seed: int, variant: str,
                   n: int | None) -> Network:
+    """Train one network, holding its checkpoint (checkpoints.exclusive) until its files are written."""
     network = Network(split_name, seed, variant, n)
     if split_name not in params["splits"]:
         raise UserError(f"split '{split_name}' is not defined under 'splits'")
+    with checkpoints.exclusive(network.checkpoint, network.name):
+        return _train_held(params, network)
+
+
+def _train_held(params: dict[str, Any], network: Network) -> Network:
+    split_name, seed = network.split, network.seed
     compute = params["compute"]
-    torch.set_num_threads(compute["threads"])
-    device = resolve_device(compute["device"], compute.get("gpu_lock_dir", "/tmp/transferability-gpu-locks"))
-    if device.type == "cuda":  # CPU kernels are deterministic already; the switch costs 2.4 s of imports
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = setup(compute)
     source_state, source_sha = None, None
     if (base := network.source_base) is not None:
         model_file = base.file("model.pt")
@@ -113,12 +139,13 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
             raise UserError(f"{network.name} copies layers from {base.name}, but {model_file} is missing: "
                             f"train {base.name} first")
         source_sha = sha256_file(model_file)
-        source_state = torch.load(model_file, map_location="cpu", weights_only=True)
+        source_state = checkpoints.load_weights(model_file, f"delete it and train {base.name} again")
     store = load_store(runs.prepared_path(params))
     split_data = read_split(split_name)
+    # on the device at once: a GPU run keeps no host copy of the images it holds
     data = half_data(store, split_data, network.target, params["train"].get("images_per_class"),
                      params["evaluate"].get("images_per_class"), compute.get("resident_gb", 16),
-                     params["train"].get("normalise", "mean_std"))
+                     params["train"].get("normalise", "mean_std")).to(device)
     c, size = store.images["train"].shape[1], store.images["train"].shape[-1]
     size = input_size(size, params["train"].get("crop"))
     seed_used = run_seed(network)
@@ -127,10 +154,10 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
                        fast_lrn=compute.get("fast_lrn", True)).to(device)
     if compute.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
-    # model.pt, and a checkpoint of the model with its momentum buffers, with room to spare
-    need = 4 * sum(p.numel() for p in net.parameters()) * 4 + 2**20
-    for folder in (network.dir, network.checkpoint.parent):
-        ensure_writable(folder, need)
+    # model.pt; two checkpoints (model and momentum), the previous one kept while the next is written
+    model_bytes = 4 * sum(p.numel() for p in net.parameters())
+    for folder, need in ((network.dir, 2 * model_bytes), (network.checkpoint.parent, 2 * 2 * model_bytes)):
+        ensure_writable(folder, need + 2**20)
     recorded = {k: params[k] for k in ("dataset", "model", "train", "evaluate")}
     recorded["compute"] = {"threads": compute["threads"], "channels_last": compute.get("channels_last"),
                            "precision": compute.get("precision", "float32"), "compile": compute.get("compile", False)}
@@ -139,10 +166,10 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
                 "store": {p: store.manifest["parts"][p]["files"] for p in ("train", "test")},
                 "source_model_sha256": source_sha}
     tag = digest([identity, source_digest()])
-    out = train(net, data.to(device), params, seed_used, network.checkpoint, tag, network.name)
-    buf = io.BytesIO()
-    torch.save(net.state_dict(), buf)
-    write_bytes(network.file("model.pt"), buf.getvalue())
+    out = train(net, data, params, seed_used, network.checkpoint, tag, network.name)
+    # CPU tensors, for the same bytes from any card; to a file object, not a path, whose name torch would record
+    with atomic_path(network.file("model.pt")) as tmp, open(tmp, "wb") as f:
+        torch.save(checkpoints.on_cpu(net.state_dict()), f)
     write_text(network.file("curve.csv"), curve_csv(out["results"]["evals"]))
     write_json(network.file("timing.json"), out["timing"])
     metrics = {"network": network.name, "slug": network.slug, "variant": network.variant,
@@ -176,7 +203,7 @@ def load_trained(params: dict[str, Any], network: Network, store: Any, split_dat
     net = build_model(params["model"], c, len(split_data[network.target]["indices"]),
                       input_size(size, params["train"].get("crop")), seed=0,
                       fast_lrn=params["compute"].get("fast_lrn", True))
-    net.load_state_dict(torch.load(model_file, map_location="cpu", weights_only=True))
+    net.load_state_dict(checkpoints.load_weights(model_file, f"delete it and train {network.name} again"))
     return net
 
 
@@ -222,20 +249,21 @@ def features(params: dict[str, Any], split_name: str, seed: int, network: str, t
     _, index = rows(0, 1)  # the column index, whether or not earlier shards exist
     weights_sha = sha256_file(weights)
     key = digest([weights_sha, target, feats, params["train"], params["evaluate"], index])
-    x = sharded_rows(dest.with_name(f".{dest.name}.shards"), key, len(tgt.images), feats.get("shard_images", 4096),
-                     lambda start, stop: rows(start, stop)[0], f"features {job.name} on {target}")
+    shards = sharded_rows(dest.with_name(f".{dest.name}.shards"), key, len(tgt.images),
+                          feats.get("shard_images", 4096), lambda start, stop: rows(start, stop)[0],
+                          f"features {job.name} on {target}")
     *index, logits = index
     with atomic_dir(dest) as tmp:
-        save_npy(tmp / "features.npy", x[:, : logits["start"]])
-        save_npy(tmp / "logits.npy", x[:, logits["start"] :])
+        shape = join_npy(shards, tmp / "features.npy", slice(0, logits["start"]))
+        join_npy(shards, tmp / "logits.npy", slice(logits["start"], None))
         save_npy(tmp / "labels.npy", tgt.labels)
         save_npy(tmp / "is_train.npy", tgt.is_train)
         (tmp / "index.json").write_text(json.dumps(
             {"network": job.name, "target": target, "layers": index, "classes": tgt.class_names,
              "source_model_sha256": weights_sha}, indent=2) + "\n")
     shutil.rmtree(dest.with_name(f".{dest.name}.shards"), ignore_errors=True)
-    print(f"features {job.name} on {target}: {x.shape[0]} images x {logits['start']} features, "
-          f"{x.shape[1] - logits['start']} logits -> {dest}",
+    print(f"features {job.name} on {target}: {shape[0]} images x {shape[1]} features, "
+          f"{logits['stop'] - logits['start']} logits -> {dest}",
           file=sys.stderr)
     return dest
 

@@ -4,7 +4,9 @@ A replicate is one (split, seed): every network of the experiment trained once m
 random draws (and, across random splits, other class halves, as the study pooled them). An effect
 is computed per replicate first, then summarised: Student's t interval on the replicates' values,
 or Welch's on the difference of two groups of replicates (different splits). With one replicate
-there is no interval and no verdict but "inconclusive".
+there is no interval and no verdict but "inconclusive". A verdict weighs the interval against zero
+and against the smallest effect of interest (``report.margin``), so that a well-measured absence of
+an effect is a decisive "does not hold" rather than an "inconclusive".
 """
 
 from __future__ import annotations
@@ -61,14 +63,18 @@ def welch_interval(a: list[float], b: list[float], level: float = LEVEL) -> Esti
     return Estimate(diff, se, diff - half, diff + half, len(a) + len(b))
 
 
-def verdict(est: Estimate, positive: bool = True) -> str:
-    """'holds' when the whole interval lies on the claimed side of 0, 'does not hold' when on the
-    other side, else 'inconclusive' (the interval straddles 0, or there is none)."""
+def verdict(est: Estimate, margin: float = 0.0, positive: bool = True) -> str:
+    """The verdict an interval supports, with ``margin`` the smallest effect worth the name.
+
+    'does not hold' when the whole interval lies below the margin (no effect worth the name, or the
+    opposite one); else 'holds' when it lies above zero on the claimed side; else 'inconclusive' (the
+    interval straddles both 0 and the margin, or there is none). ``positive=False`` claims a negative
+    effect. With margin 0 this is the plain sign test of the interval."""
     if est.low is None:
         return "inconclusive"
     low, high = (est.low, est.high) if positive else (-est.high, -est.low)
+    if high < margin:
+        return "does not hold"
     if low > 0:
         return "holds"
-    if high < 0:
-        return "does not hold"
     return "inconclusive"

@@ -86,13 +86,12 @@ class Store:
 
 def save_npy(path: Path, arr: np.ndarray, rows: int = 1024) -> None:
     """np.save, streamed in chunks through Python's file API so a full disk raises ENOSPC (numpy's
-    own writer reports it without an errno) and arrays larger than memory never get copied whole: a
-    view (a dump's columns) is made contiguous a chunk of rows at a time."""
-    header = {**np.lib.format.header_data_from_array_1_0(arr), "fortran_order": False}
+    own writer reports it without an errno) and arrays larger than memory never get copied whole."""
+    arr = np.ascontiguousarray(arr)
     with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, header)
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(arr))
         for i in range(0, len(arr), rows):
-            f.write(np.ascontiguousarray(arr[i : i + rows]).data)
+            f.write(arr[i : i + rows].data)
 
 
 def channel_hist(images: np.ndarray, chunk: int = 4096) -> np.ndarray:

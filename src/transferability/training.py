@@ -2,22 +2,27 @@
 
 One SGD schedule for all (momentum, weight decay, step decay at fractions of the budget). Biases
 take twice the learning rate and no weight decay, as in the study's Caffe prototxt. The loop
-evaluates top-1 on the target half's test images ``evals_per_epoch`` times per epoch and reports
-the final value and the study's metric, the mean of the k best evaluations.
+evaluates top-1 on the target half's test images ``evaluate.evals`` times, evenly spaced over the
+budget (a fixed count, so a longer budget does not cost more evaluation), and reports the final
+value and the study's metric, the mean of the k best evaluations.
 
-Resume is a first-class mode: at each epoch's end a checkpoint holds the model, optimizer, step,
-every RNG state and the curve so far, tagged with a digest of everything that defines the run;
-a restarted job continues from it and ends with the same metrics as an uninterrupted one.
+Resume is a first-class mode: at each epoch's end a checkpoint (checkpoints.py) holds the model,
+optimizer, step, every RNG state and the curve so far, tagged with a digest of everything that
+defines the run; a restarted job continues from it and ends with the same metrics as an
+uninterrupted one.
+
+The step path never waits on the device: the epoch's order and every random draw stay on the
+host, and what the device needs is sent asynchronously; only evaluations read a number back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import platform
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__, progress
-from .atomic import atomic_path
-from .data import HalfData, batches, chunks, make_batch
+from . import __version__, checkpoints, progress
+from .data import HalfData, batches, chunks, make_batch, to_device
 from .models import LAYER_NAMES, AlexNetFamily
 from .prefix import PrefixCache, build_cache, cacheable
 from .sgd import SGD
@@ -84,10 +88,34 @@ def evaluate(net: torch.nn.Module, data: HalfData, crop: int | None, channels_la
     return correct / len(data.x_test)
 
 
-def eval_steps(steps_per_epoch: int, evals_per_epoch: int) -> list[int]:
-    """Steps within an epoch (1-based, last = epoch end) after which the net is evaluated."""
-    k = min(evals_per_epoch, steps_per_epoch)
-    return sorted({math.ceil(steps_per_epoch * j / k) for j in range(1, k + 1)})
+def step_batches(data: HalfData, cache: PrefixCache | None, order: torch.Tensor, batch_size: int,
+                 crop: int | None, mirror: bool, gen: torch.Generator,
+                 channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each step's input (to the network, or to the layers after the prefix cache) and labels for an
+    epoch in ``order`` (on the host), drawing crops and flips from ``gen`` in step order."""
+    on_device = to_device(order, data.y_train.device)
+    images = batches(data.x_train, order, batch_size) if cache is None else None
+    for a in range(0, len(order), batch_size):
+        idx = on_device[a : a + batch_size]
+        if images is not None:
+            x = make_batch(next(images), data, crop, mirror, gen, channels_last)
+        else:
+            x = cache.batch(idx, data, mirror, gen)
+        yield x, data.y_train[idx]
+
+
+def compiled(net: torch.nn.Module, backend: Any = "inductor") -> torch.nn.Module:
+    """``torch.compile`` with static shapes: an epoch's short last batch (and the evaluation batches)
+    get a graph of their own, compiled once, instead of turning every later step into a dynamic-shape
+    graph; the numbers stay those of the uncompiled batches (nothing dropped or padded). The
+    compiled module shares ``net``'s parameters."""
+    return torch.compile(net, dynamic=False, backend=backend)
+
+
+def eval_steps(total: int, evals: int) -> set[int]:
+    """Steps of the whole budget (1-based, the last = its end) after which the net is evaluated."""
+    k = min(evals, total)
+    return {math.ceil(total * j / k) for j in range(1, k + 1)}
 
 
 @dataclass
@@ -100,32 +128,6 @@ class State:
     train_seconds: float = 0.0  # everything: steps, evaluations, checkpoints, the prefix cache
     eval_seconds: float = 0.0
     cache_seconds: float = 0.0
-
-
-def save_checkpoint(path: Path, net: AlexNetFamily, opt: SGD, state: State,
-                    gen: torch.Generator, tag: str) -> None:
-    buf = io.BytesIO()
-    torch.save({"tag": tag, "model": net.state_dict(), "optimizer": opt.state_dict(),
-                "state": state.__dict__, "torch_rng": torch.get_rng_state(),
-                "data_rng": gen.get_state()}, buf)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
-
-
-def load_checkpoint(path: Path, net: AlexNetFamily, opt: SGD,
-                    gen: torch.Generator, tag: str) -> State | None:
-    """Restore a checkpoint written for this exact run (same tag); ignore any other."""
-    if not path.exists():
-        return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if ckpt.get("tag") != tag:
-        print(f"ignoring {path}: it belongs to other params, inputs or code", file=sys.stderr)
-        return None
-    net.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
-    torch.set_rng_state(ckpt["torch_rng"])
-    gen.set_state(ckpt["data_rng"])
-    return State(**ckpt["state"])
 
 
 def k_best(evals: list[dict[str, Any]], k: int) -> float:
@@ -141,16 +143,16 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
     eval_batch = compute.get("eval_batch", 250)
     device = data.y_train.device
     amp = precision_context(device, compute.get("precision", "float32"))
-    model = torch.compile(net) if compute.get("compile", False) else net  # shares net's parameters
+    model = compiled(net) if compute.get("compile", False) else net
     n_train = len(data.x_train)
     steps_per_epoch = math.ceil(n_train / tr["batch_size"])
     total = tr["epochs"] * steps_per_epoch
-    when = eval_steps(steps_per_epoch, ev["evals_per_epoch"])
+    when = eval_steps(total, ev["evals"])
 
     torch.manual_seed(seed)  # dropout's stream
     gen = torch.Generator().manual_seed(seed)  # data order and augmentation
     opt = make_optimizer(net, tr)
-    state = load_checkpoint(checkpoint, net, opt, gen, tag) or State()
+    state = State(**(checkpoints.load(checkpoint, tag, net, opt, gen, device) or {}))
     resumed_from = state.epoch
     if resumed_from:
         print(f"{label}: resumed from epoch {resumed_from} of {tr['epochs']} ({checkpoint})", file=sys.stderr)
@@ -166,46 +168,42 @@ def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
         print(f"{label}: frozen layers 1..{max(net.frozen)} run once: {cache.nbytes / 2**20:.0f} MiB cached "
               f"in {built:.1f} s", file=sys.stderr)
     net.train()
-    bar = progress.bar(tr["epochs"] * n_train, label, "img", initial=state.epoch * n_train, unit_scale=True)
-    t0 = time.perf_counter()
-    while state.epoch < tr["epochs"]:
-        order = torch.randperm(n_train, generator=gen).to(device)
-        loss_sum, loss_n = torch.zeros((), device=device), 0
-        images = batches(data.x_train, order, tr["batch_size"]) if cache is None else None
-        for i in range(steps_per_epoch):
-            lr = lr_at(state.step, total, tr)
-            for g in opt.param_groups:
-                g["lr"] = lr * g["lr_mult"]
-            idx = order[i * tr["batch_size"] : (i + 1) * tr["batch_size"]]
-            with amp:
-                if images is not None:
-                    out = model(make_batch(next(images), data, tr.get("crop"), tr.get("mirror", False), gen,
-                                           channels_last))
-                else:
-                    out = cache.rest(cache.batch(idx, data, tr.get("mirror", False), gen))
-                loss = F.cross_entropy(out, data.y_train[idx])
-            net.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * len(idx)
-            loss_n += len(idx)
-            state.step += 1
-            bar.update(len(idx))
-            if i + 1 in when:
-                t_eval = time.perf_counter()
-                with amp:
-                    top1 = evaluate(model, data, tr.get("crop"), channels_last, cache, eval_batch)
-                state.eval_seconds += time.perf_counter() - t_eval
-                state.evals.append({"epoch": round(state.epoch + (i + 1) / steps_per_epoch, 4),
-                                    "step": state.step, "lr": lr,
-                                    "train_loss": round(loss_sum.item() / loss_n, 6), "top1": top1})
-                loss_sum, loss_n = torch.zeros((), device=device), 0
-                bar.set_postfix(epoch=f"{state.epoch + 1}/{tr['epochs']}", top1=f"{top1:.4f}", refresh=False)
-        state.epoch += 1
-        state.train_seconds += time.perf_counter() - t0
+    # closed however the loop ends (an interrupt too), before anything reports how it ended
+    with progress.bar(tr["epochs"] * n_train, label, "img", initial=state.epoch * n_train, unit_scale=True) as bar:
         t0 = time.perf_counter()
-        save_checkpoint(checkpoint, net, opt, state, gen, tag)
-    bar.close()
+        while state.epoch < tr["epochs"]:
+            order = torch.randperm(n_train, generator=gen)
+            loss_sum, loss_n = torch.zeros((), device=device), 0
+            steps = step_batches(data, cache, order, tr["batch_size"], tr.get("crop"), tr.get("mirror", False), gen,
+                                 channels_last)
+            for i, (x, y) in enumerate(steps):
+                lr = lr_at(state.step, total, tr)
+                for g in opt.param_groups:
+                    g["lr"] = lr * g["lr_mult"]
+                with amp:
+                    loss = F.cross_entropy(model(x) if cache is None else cache.rest(x), y)
+                net.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach() * len(y)
+                loss_n += len(y)
+                state.step += 1
+                bar.update(len(y))
+                if state.step in when:
+                    t_eval = time.perf_counter()
+                    with amp:
+                        top1 = evaluate(model, data, tr.get("crop"), channels_last, cache, eval_batch)
+                    state.eval_seconds += time.perf_counter() - t_eval
+                    state.evals.append({"epoch": round(state.epoch + (i + 1) / steps_per_epoch, 4),
+                                        "step": state.step, "lr": lr,
+                                        "train_loss": round(loss_sum.item() / loss_n, 6), "top1": top1})
+                    loss_sum, loss_n = torch.zeros((), device=device), 0
+                    bar.set_postfix(epoch=f"{state.epoch + 1}/{tr['epochs']}", top1=f"{top1:.4f}", refresh=False)
+            state.epoch += 1
+            state.train_seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            checkpoints.save(checkpoint, tag, net, opt, state.__dict__, gen, device)
+    checkpoints.finish(checkpoint)
     wall = state.train_seconds
     results = {"top1": state.evals[-1]["top1"], "top1_kbest": k_best(state.evals, ev["k_best"]),
                "k_best": ev["k_best"], "evals": state.evals, "steps": total, "num_train": n_train,

@@ -1,20 +1,37 @@
 # Shared by every rule: the validated params, the networks they ask for, input functions.
-from snakemake.utils import validate
+import sys
+from pathlib import Path
 
 from transferability import params as tparams
-from transferability import runs
+from transferability import runs, sources
+from transferability.errors import UserError
 
-# The params file every job reads: params.yaml, or the last --configfile given.
-PARAMS_FILE = (workflow.overwrite_configfiles or ["params.yaml"])[-1]
-validate(config, schema=str(tparams.SCHEMA_PATH))
-P = tparams.load(PARAMS_FILE)
-if config != P:
-    raise ValueError(
-        f"snakemake --config overrides are not passed to the jobs, which read {PARAMS_FILE}: "
-        "edit that file, or give another whole file with --configfile"
-    )
+
+def params_file():
+    """The one whole params file every job reads: params.yaml, or the file --configfile names
+    (relative to the project when inside it, so shell commands and logs read as typed)."""
+    if workflow.config_settings.config:
+        raise UserError("snakemake --config is refused: the jobs read a params file, not Snakemake's config; "
+                        "edit params.yaml, or give another whole params file with --configfile")
+    given = workflow.overwrite_configfiles
+    if len(given) > 1:
+        raise UserError(f"--configfile got {len(given)} files; give one whole params file (the jobs read one)")
+    if not given:
+        return "params.yaml"
+    path = Path(given[0]).absolute()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
+try:  # the package's one line (Snakemake would add its traceback to a raise), before any job
+    PARAMS_FILE = params_file()
+    P = tparams.load(PARAMS_FILE)  # validated against params.schema.yaml, as the CLI does
+except UserError as exc:
+    sys.exit(f"error: {exc}")
 
 STORE = str(runs.prepared_path(P))
+# The store's manifest stands for the store in the DAG: prepare writes it last, in the same atomic swap of
+# the folder, and as an `update` output Snakemake keeps the previous store in place while prepare runs.
+STORE_MANIFEST = f"{STORE}/manifest.json"
 USES_GPU = P["compute"]["device"] != "cpu"
 THREADS = P["compute"]["threads"]
 BASE_OUTPUTS = [f"{runs.BASE_DIR}/{name}" for name in runs.RUN_FILES]
@@ -37,6 +54,12 @@ wildcard_constraints:
     n=runs.WILDCARDS["n"],
     network=runs.WILDCARDS["network"],
     target=runs.WILDCARDS["target"],
+
+
+def source_fingerprint(wildcards):
+    """prepare's `params:` value: the dataset's files by path, size and mtime, so a changed source
+    re-runs prepare and all that follows (sources.fingerprint: stats only, no reads)."""
+    return sources.fingerprint(P["dataset"])
 
 
 def params_digest(*sections):
@@ -91,6 +114,22 @@ def all_estimates():
     exp = P["experiment"]
     return [str(runs.estimates_dir(split, seed) / name) for split in exp["splits"] for seed in exp["seeds"]
             for name in runs.ESTIMATE_FILES]
+
+
+def train_mem_mb(wildcards):
+    """A training job's memory request (MiB): what it holds at its peak, from params, the store and the split."""
+    from transferability import memory  # imports torch: only once Snakemake plans a job
+
+    n = int(wildcards.n) if hasattr(wildcards, "n") else None
+    return memory.train_mb(P, runs.Network(wildcards.split, int(wildcards.seed), wildcards.variant, n))
+
+
+def features_mem_mb(wildcards):
+    """A features job's memory request (MiB): the network, a batch and a shard of its dump."""
+    from transferability import memory
+
+    return memory.features_mb(P, runs.FeatureJob(wildcards.split, int(wildcards.seed), wildcards.network,
+                                                 wildcards.target))
 
 
 def source_model(wildcards):

@@ -1,11 +1,12 @@
 rule prepare:
     output:
-        directory(STORE),
+        update(STORE_MANIFEST),
     log:
         "data/logs/prepare.log",
     params:
         file=PARAMS_FILE,
         digest=params_digest("dataset"),
+        source=source_fingerprint,
     threads: THREADS
     resources:
         mem_mb=4000,
@@ -13,12 +14,12 @@ rule prepare:
     conda:
         "../envs/transferability.yaml"
     shell:
-        "transferability --params {params.file} prepare > {log} 2>&1"
+        "transferability --params {params.file} --threads {threads} prepare > {log} 2>&1"
 
 
 rule split:
     input:
-        STORE,
+        STORE_MANIFEST,
     output:
         runs.SPLIT,
     log:

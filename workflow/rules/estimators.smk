@@ -20,7 +20,7 @@ rule estimate:
     conda:
         "../envs/transferability.yaml"
     shell:
-        "transferability --params {params.file} estimate --split {wildcards.split} --seed {wildcards.seed} > {log} 2>&1"
+        "transferability --params {params.file} --threads {threads} estimate --split {wildcards.split} --seed {wildcards.seed} > {log} 2>&1"
 
 
 rule estimators:

@@ -3,7 +3,7 @@
 
 rule features:
     input:
-        STORE,
+        STORE_MANIFEST,
         runs.SPLIT,
         trained_model,
     output:
@@ -17,12 +17,12 @@ rule features:
         digest=params_digest("dataset", "model", "train", "evaluate", "features"),
     threads: THREADS
     resources:
-        mem_mb=4000,
+        mem_mb=features_mem_mb,
         runtime=60,
     conda:
         "../envs/transferability.yaml"
     shell:
-        "transferability --params {params.file} features --split {wildcards.split} --seed {wildcards.seed} --network {wildcards.network} --target {wildcards.target} > {log} 2>&1"
+        "transferability --params {params.file} --threads {threads} features --split {wildcards.split} --seed {wildcards.seed} --network {wildcards.network} --target {wildcards.target} > {log} 2>&1"
 
 
 rule embed:
@@ -44,4 +44,4 @@ rule embed:
     conda:
         "../envs/transferability.yaml"
     shell:
-        "transferability --params {params.file} embed --split {wildcards.split} --seed {wildcards.seed} --network {wildcards.network} --target {wildcards.target} > {log} 2>&1"
+        "transferability --params {params.file} --threads {threads} embed --split {wildcards.split} --seed {wildcards.seed} --network {wildcards.network} --target {wildcards.target} > {log} 2>&1"

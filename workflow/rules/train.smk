@@ -4,7 +4,7 @@
 
 rule train_base:
     input:
-        STORE,
+        STORE_MANIFEST,
         runs.SPLIT,
     output:
         BASE_OUTPUTS,
@@ -18,19 +18,19 @@ rule train_base:
     threads: THREADS
     resources:
         gpu=int(USES_GPU),
-        mem_mb=4000,
+        mem_mb=train_mem_mb,
         runtime=24 * 60,
     wildcard_constraints:
         variant=runs.WILDCARDS["variant_base"],
     conda:
         "../envs/transferability.yaml"
     shell:
-        "transferability --params {params.file} train --split {wildcards.split} --seed {wildcards.seed} --variant {wildcards.variant} > {log} 2>&1"
+        "transferability --params {params.file} --threads {threads} train --split {wildcards.split} --seed {wildcards.seed} --variant {wildcards.variant} > {log} 2>&1"
 
 
 rule train_transfer:
     input:
-        STORE,
+        STORE_MANIFEST,
         runs.SPLIT,
         source_model,
     output:
@@ -45,11 +45,11 @@ rule train_transfer:
     threads: THREADS
     resources:
         gpu=int(USES_GPU),
-        mem_mb=4000,
+        mem_mb=train_mem_mb,
         runtime=24 * 60,
     wildcard_constraints:
         variant=runs.WILDCARDS["variant_transfer"],
     conda:
         "../envs/transferability.yaml"
     shell:
-        "transferability --params {params.file} train --split {wildcards.split} --seed {wildcards.seed} --variant {wildcards.variant} --n {wildcards.n} > {log} 2>&1"
+        "transferability --params {params.file} --threads {threads} train --split {wildcards.split} --seed {wildcards.seed} --variant {wildcards.variant} --n {wildcards.n} > {log} 2>&1"
