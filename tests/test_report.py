@@ -8,7 +8,7 @@ from transferability import study
 from transferability.errors import UserError
 from transferability.figures import figure2, findings_figures
 from transferability.findings import budget_check, evaluate
-from transferability.report import build_report, findings_markdown
+from transferability.report import build_report, findings_markdown, intro
 from transferability.runs import role
 from transferability.tables import decomposition, summarise
 
@@ -110,3 +110,26 @@ def test_findings_say_the_verdicts_the_budget_check_and_the_studys_table(tmp_pat
     rows = [{**r, "top1": r["top1_kbest"]} for r in rows]
     figure2(rows, summarise(rows), False, path, ["random0"])  # the pooled panel with the study's curve
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_page_and_the_pooled_panel_count_what_ran(params):
+    """One replicate is one; a dissimilar split is named once, with its own seeds."""
+    import matplotlib.pyplot as plt
+
+    from transferability.figures import _pooled_panel
+
+    from .test_findings import mirrored, runs
+
+    fig, ax = plt.subplots()
+    _pooled_panel(ax, runs(1), ["random0"], 1)
+    assert "1 replicate (" in ax.get_title() and "both halves" not in ax.get_title()
+    both = runs(2) + mirrored(runs(2))
+    _pooled_panel(ax, both, ["random0"], 2)
+    assert "both halves as targets, 2 replicates (" in ax.get_title()
+    plt.close(fig)
+    params["experiment"].update(splits=["random0"], seeds=[0],
+                                dissimilar={"splits": ["natman"], "seeds": [0, 1], "variants": ["AnB"]})
+    text = intro(params, 40)
+    assert text.startswith("40 networks on fashion_mnist (small model): split random0, seed 0; "
+                           "the dissimilar-task control on split natman, seeds 0, 1; ")
+    assert "dissimilar dissimilar" not in text

@@ -101,7 +101,8 @@ def _pooled_panel(ax: Any, rows: list[dict[str, Any]], splits: list[str], count:
     ax.set_xticks(range(8))
     ax.set_xlabel("n: layers copied from the source network")
     ax.set_ylabel("top-1 minus the base's (mean, 95% interval)")
-    halves = "both halves as targets, " if len({r["target"] for r in rows if r["split"] in splits}) > 1 else ""
+    targets = {r["target"] for r in rows if r["split"] in splits and r["n"] > 0}  # a source base is no target
+    halves = "both halves as targets, " if len(targets) > 1 else ""
     ax.set_title(f"pooled: {', '.join(splits)}, {halves}{count} replicate{'s' * (count != 1)} "
                  "(hollow: the study)", fontsize=10)
     ax.grid(alpha=0.3)

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
+from .architecture import architecture
 from .data import input_size
 from .features import TORCHVISION_SIDE, LayerTaps, torchvision_alexnet_taps
-from .architecture import architecture
 from .runs import FeatureJob, Network, prepared_path, split_path
 
 RUNTIME = 850 * 2**20     # measured 813 MiB: a job that has imported its modules (torch 2.14, CPU)

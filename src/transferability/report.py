@@ -136,6 +136,22 @@ def findings_markdown(found: list[dict[str, Any]], check: dict[str, Any] | None)
     return text
 
 
+def _listed(word: str, items: list) -> str:
+    return f"{word}{'s' * (len(items) > 1)} {', '.join(map(str, items))}"
+
+
+def intro(params: dict[str, Any], networks: int) -> str:
+    """The page's first sentence: what ran, on which splits and seeds, and the metric."""
+    exp = params["experiment"]
+    dis = exp["dissimilar"]
+    control = (f"; the dissimilar-task control on {_listed('split', dis['splits'])}, {_listed('seed', dis['seeds'])}"
+               if dis["splits"] else "")
+    return (f"{networks} networks on {params['dataset']['name']} ({params['model']['arch']} model): "
+            f"{_listed('split', exp['splits'])}, {_listed('seed', exp['seeds'])}{control}; "
+            f"{params['train']['epochs']} epochs for every network. Accuracy is the study's metric: the mean "
+            f"of the {params['evaluate']['k_best']} best of the test evaluations made during training.")
+
+
 def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) -> None:
     out = Path(out_dir)
     rows = collect(params)
@@ -182,19 +198,12 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
         write_text(Path(runs.REPORT_CURVES) / f"{r['split']}-seed{r['seed']}-{r['slug']}.csv", buf.getvalue())
     figure2(rows, summary, params["report"].get("overlay_study", False), out / "figure2.png", random_splits)
     curves_figure(rows, out / "curves.png")
-    exp = params["experiment"]
-    intro = (f"{len(rows)} networks on {params['dataset']['name']} ({params['model']['arch']} model), "
-             f"split{'s' * (len(exp['splits']) > 1)} {', '.join(exp['splits'])}"
-             + "".join(f" and {sp} (the dissimilar-task control)" for sp in exp["dissimilar"]["splits"])
-             + f", seed{'s' * (len(exp['seeds']) > 1)} {', '.join(map(str, exp['seeds']))}, "
-             f"{params['train']['epochs']} epochs for every network. Accuracy is the study's metric: the mean "
-             f"of the {params['evaluate']['k_best']} best of the test evaluations made during training.")
     boost = boost_table(found)
     warn = ' class="warning"' if check and not check["passes"] else ""
     budget = f"<p{warn}>{html.escape(budget_words(check))}</p>"
     provenance = json.dumps({"versions": versions(), "params": params}, indent=2)
     write_text(out / "index.html", PAGE.format(
-        intro=html.escape(intro), margin=margin, variants=html_table(v_header, v_table),
+        intro=html.escape(intro(params, len(rows))), margin=margin, variants=html_table(v_header, v_table),
         findings=html_table(*table(found)), budget=budget + (html_table(*budget_table(check)) if check else ""),
         boost=html_table(*boost) if boost else "<p>No AnB+ and BnB+ runs to compare.</p>",
         decomposition=html_table(d_header, d_table), runs=html_table(COLUMNS, run_table),
