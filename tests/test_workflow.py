@@ -75,7 +75,8 @@ def test_every_profile_plans_its_whole_dag_as_documented(tmp_path, profile):
     assert job_counts(proc.stdout) == {
         "prepare": 1, "split": len(exp["splits"]) + len(exp["dissimilar"]["splits"]),
         "train_base": sum(n.is_base for n in nets), "train_transfer": sum(not n.is_base for n in nets),
-        "features": len(runs.feature_jobs(params)), "embed": len(runs.feature_jobs(params)), "report": 1, "all": 1}
+        "features": len(runs.feature_jobs(params)), "embed": len(runs.feature_jobs(params)),
+        "estimate": len(exp["splits"]) * len(exp["seeds"]), "estimators": 1, "report": 1, "all": 1}
     # the command the profile's header shows, dry and with its shell commands: each reads the profile
     (use,) = re.findall(r"^# Use: (snakemake .*)$", profile.read_text(), re.M)
     assert f"--configfile {rel}" in use, use
@@ -141,8 +142,7 @@ def test_snakemake_run_writes_the_report(snakemake_ws):
 
 
 def test_estimators_stage_scores_every_layer_against_the_measured_curves(snakemake_ws):
-    params = yaml.safe_load((snakemake_ws / "params.yaml").read_text())
-    methods = params["estimators"]["methods"]
+    methods = tparams.load(SMOKE)["estimators"]["methods"]  # the profile Snakemake was given
     reports = snakemake_ws / "reports"
     scores = json.loads((snakemake_ws / "data/estimates/random0/seed0/scores.json").read_text())["targets"]
     assert list(scores) == ["B"] and scores["B"]["source_network"] == "baseA" and scores["B"]["images"] == 200
@@ -189,7 +189,8 @@ def test_the_two_dags_agree(tmp_path):
     assert len([j for j in jobs if j["rule"].startswith("train")]) == NETWORKS
     # the jobs that compute ask for compute.threads; split and report run on one
     assert {j["rule"]: j["threads"] for j in jobs} == {"prepare": 1, "split": None, "train_base": 1,
-                                                      "train_transfer": 1, "features": 1, "embed": 1, "report": None}
+                                                      "train_transfer": 1, "features": 1, "embed": 1,
+                                                      "estimate": 1, "estimators": None, "report": None}
 
 
 def test_snakemake_jobs_take_the_threads_snakemake_gives_them(tmp_path):
@@ -198,7 +199,7 @@ def test_snakemake_jobs_take_the_threads_snakemake_gives_them(tmp_path):
     f = tmp_path / "two.yaml"
     f.write_text(yaml.safe_dump(params))
     ws = make_workspace(tmp_path / "ws", f)
-    computing = ("prepare", "train_base", "train_transfer", "features", "embed")
+    computing = ("prepare", "train_base", "train_transfer", "features", "embed", "estimate")
     for cores, threads in (("2", 2), ("1", 1)):  # --cores 1: Snakemake scales every job down to 1
         jobs = [j for j in snakemake_jobs(ws, "--cores", cores) if j["rule"] in computing]
         assert {j["threads"] for j in jobs} == {threads}, cores
