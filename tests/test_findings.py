@@ -123,6 +123,10 @@ def test_the_budget_check_fires_on_under_trained_bases_and_stays_silent_on_conve
     converged = budget_check(runs(4, ft_gain=0.0, noise=0.001), ["random0"], 0.01)
     assert converged["passes"] and converged["warning"] is None
     assert all(e["within_margin"] for e in converged["by_n"].values())
+    small = budget_check(runs(4, ft_gain=0.004, noise=0.001), ["random0"], 0.01)  # above 0, within the margin
+    assert small["passes"] and all(e["ci95"][0] > 0 and e["within_margin"] for e in small["by_n"].values())
+    edge = budget_check(runs(4, ft_gain=0.009, noise=0.002), ["random0"], 0.01)  # above 0, past the margin at some n
+    assert not edge["passes"] and "look under-trained" in edge["warning"]
     wide = budget_check(runs(2, ft_gain=0.0, noise=0.01), ["random0"], 0.01)  # 2 replicates: t = 12.7
     assert not wide["passes"] and "convergence not shown" in wide["warning"]
     one = budget_check(runs(1, ft_gain=0.0), ["random0"], 0.01)
