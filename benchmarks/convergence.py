@@ -40,7 +40,9 @@ PLATEAU = 0.003  # doubling the budget moves a converged base by less than 0.3 p
 
 
 def run(cmd: list[str], cwd: Path) -> None:
-    proc = subprocess.run(CLI + cmd, cwd=cwd, capture_output=True, text=True)
+    """One CLI stage with the threads a Snakemake job of these params gets (a job per core runs beside it)."""
+    threads = yaml.safe_load((cwd / "params.yaml").read_text())["compute"]["threads"]
+    proc = subprocess.run([*CLI, "--threads", str(threads), *cmd], cwd=cwd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed in {cwd}:\n{proc.stderr[-2000:]}")
 

@@ -102,7 +102,7 @@ def smoke_params(kit: Kit, device: str, locks: str = "locks") -> dict[str, Any]:
     params["compute"].update(device=device, gpu_lock_dir=str(kit.work / locks))
     if kit.tiny:
         params["experiment"].update(variants=["AnB"], layers=[2],
-                                    dissimilar={"splits": [], "variants": []})
+                                    dissimilar={"splits": [], "seeds": [0], "variants": []})
     return tparams.validate(params, "smoke params")
 
 
@@ -127,9 +127,15 @@ def label(net: Network) -> str:
     return f"{net.split}/seed{net.seed}/{net.slug}"
 
 
+def job_threads(ws: Path) -> list[str]:
+    """``--threads compute.threads``, as Snakemake gives a job: the count is in each metrics.json."""
+    return ["--threads", str(yaml.safe_load((ws / "params.yaml").read_text())["compute"]["threads"])]
+
+
 def cli(kit: Kit, ws: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """One stage, exactly as a Snakemake rule or a DVC stage runs it; its output kept in ws/logs/."""
-    cmd = ["transferability", "--params", "params.yaml", *args]
+    """One stage, exactly as a Snakemake rule runs it (with the threads the params ask for); its output
+    kept in ws/logs/."""
+    cmd = ["transferability", "--params", "params.yaml", *job_threads(ws), *args]
     try:
         proc = subprocess.run(cmd, cwd=ws, env={**kit.env, **(env or {})}, capture_output=True, text=True,
                               timeout=kit.left())
@@ -309,7 +315,7 @@ class Job:
     ws/logs/<network>-<n>.log."""
 
     def __init__(self, kit: Kit, ws: Path, net: Network, run: int) -> None:
-        args = ["--params", "params.yaml", *train_args(net)]
+        args = ["--params", "params.yaml", *job_threads(ws), *train_args(net)]
         # a CUDA job claims a card itself; a CPU job never does, so a worker takes the same lock first
         self.cmd = [sys.executable, __file__, "locked-train", *args] if kit.tiny else ["transferability", *args]
         self.net, self.lines = net, []

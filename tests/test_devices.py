@@ -178,7 +178,8 @@ def torch_settings():
 @pytest.mark.parametrize(("precision", "fp32"), [("float32", "ieee"), ("bfloat16", "ieee"), ("tf32", "tf32")])
 def test_setup_makes_float32_mean_float32(tmp_path, torch_settings, precision, fp32):
     """torch's default runs cuDNN convolutions in TF32 on Ampere and later: float32 must switch that off."""
-    assert torch.backends.cudnn.conv.fp32_precision == "tf32"  # torch's own default
+    # torch's own default in a fresh process (an earlier test's job may have set up this one)
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "tf32"
     device = setup({"device": "cpu", "threads": 1, "precision": precision, "gpu_lock_dir": str(tmp_path)})
     assert device.type == "cpu" and torch.get_num_threads() == 1
     assert torch.backends.cudnn.conv.fp32_precision == fp32 and torch.backends.cuda.matmul.fp32_precision == fp32

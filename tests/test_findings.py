@@ -123,8 +123,26 @@ def test_the_budget_check_fires_on_under_trained_bases_and_stays_silent_on_conve
     converged = budget_check(runs(4, ft_gain=0.0, noise=0.001), ["random0"], 0.01)
     assert converged["passes"] and converged["warning"] is None
     assert all(e["within_margin"] for e in converged["by_n"].values())
+    small = budget_check(runs(4, ft_gain=0.004, noise=0.001), ["random0"], 0.01)  # above 0, within the margin
+    assert small["passes"] and all(e["ci95"][0] > 0 and e["within_margin"] for e in small["by_n"].values())
+    edge = budget_check(runs(4, ft_gain=0.009, noise=0.002), ["random0"], 0.01)  # above 0, past the margin at some n
+    assert not edge["passes"] and "look under-trained" in edge["warning"]
     wide = budget_check(runs(2, ft_gain=0.0, noise=0.01), ["random0"], 0.01)  # 2 replicates: t = 12.7
     assert not wide["passes"] and "convergence not shown" in wide["warning"]
     one = budget_check(runs(1, ft_gain=0.0), ["random0"], 0.01)
     assert not one["passes"] and "one replicate gives no interval" in one["warning"]
     assert budget_check([r for r in runs(2) if r["family"] != "BnB+"], ["random0"], 0.01) is None
+
+
+def test_the_verdicts_and_the_budget_check_go_into_json_as_the_report_writes_them():
+    """Accuracies come from metrics.json as Python floats; every interval, flag and verdict must be JSON."""
+    import json
+
+    from transferability.findings import as_json
+
+    rows = [{**r, "top1_kbest": float(r["top1_kbest"])} for r in runs(4, ft_gain=0.0, noise=0.001)]
+    check = budget_check(rows, ["random0"], 0.01)
+    found = as_json(evaluate(rows, ["random0"], ["dissimilar"], 0.01))
+    back = json.loads(json.dumps({"budget_check": check, "findings": found}))
+    assert back["budget_check"]["passes"] is True and back["budget_check"]["by_n"]["4"]["within_margin"] is True
+    assert back["findings"]["fine-tuning boost"]["verdict"] in ("holds", "does not hold", "inconclusive")

@@ -152,8 +152,9 @@ def evaluate(rows: list[dict[str, Any]], random_splits: list[str], dissimilar_sp
 
 def budget_check(rows: list[dict[str, Any]], random_splits: list[str], margin: float) -> dict[str, Any] | None:
     """BnB+ - base at every n, pooled over units: a base on its plateau is not beaten by a network
-    retrained from it (the study: within 0.9 points). The check passes where the interval lies within
-    +-margin; ``warning`` says in words what it means where it does not, or is None."""
+    retrained from it (the study: within 0.9 points). The check passes where every interval lies within
+    +-margin (an effect smaller than the margin, even a significant one, is no effect worth the name);
+    ``warning`` says in words what it means where one does not, or is None."""
     us = units(rows, random_splits)
     by_n = {n: e for n in ALL_N if (e := role_minus_base(us, "TnT+", n)) is not None}
     if not by_n:
@@ -161,8 +162,9 @@ def budget_check(rows: list[dict[str, Any]], random_splits: list[str], margin: f
     ref = study.curves()["TnT+"]
     entries = {n: {**e.as_dict(), "within_margin": e.low is not None and -margin <= e.low and e.high <= margin,
                    "study": ref.get(n)} for n, e in by_n.items()}
-    above = [n for n, e in by_n.items() if e.low is not None and e.low > 0]
-    wide = [n for n in by_n if not entries[n]["within_margin"] and n not in above]
+    outside = [n for n in by_n if not entries[n]["within_margin"]]
+    above = [n for n in outside if by_n[n].low is not None and by_n[n].low > 0]  # above the base, past the margin
+    wide = [n for n in outside if n not in above]
     if all(e.low is None for e in by_n.values()):
         warning = ("convergence not shown: one replicate gives no interval; train two or more units (experiment.splits "
                    "x seeds) to check that BnB+ stays within the margin of its base")

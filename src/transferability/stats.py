@@ -44,7 +44,7 @@ def t_interval(values: list[float], level: float = LEVEL) -> Estimate:
     if n == 1:
         return Estimate(m, None, None, None, 1)
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    half = sps.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)  # a float: JSON takes no numpy types
     return Estimate(m, sd, m - half, m + half, n)
 
 
@@ -59,7 +59,7 @@ def welch_interval(a: list[float], b: list[float], level: float = LEVEL) -> Esti
     if se == 0:
         return Estimate(diff, 0.0, diff, diff, len(a) + len(b))
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = sps.t.ppf(0.5 + level / 2, df) * se
+    half = float(sps.t.ppf(0.5 + level / 2, df)) * se
     return Estimate(diff, se, diff - half, diff + half, len(a) + len(b))
 
 
