@@ -148,7 +148,7 @@ def plot(lad: dict[str, Any], rows: list[dict[str, Any]], ns: list[int], path: P
     b.set_xticks(budgets, [str(e) for e in budgets])
     b.set_xlabel("epochs")
     b.set_ylabel("BnB+ - baseB (mean over units)")
-    b.set_title("Retrained from its own base: beats it only when the base is under-trained")
+    b.set_title("BnB+ beats its own base only while the base is under-trained", fontsize=11)
     b.grid(alpha=0.3)
     b.legend(fontsize=8)
     fig.tight_layout()
