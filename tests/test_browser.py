@@ -14,7 +14,7 @@ from . import browser
 from .conftest import sh
 
 pytestmark = pytest.mark.slow
-FIGURES = {name for name in runs.REPORT_FILES if name.endswith(".png")}
+FIGURES = {name for name in runs.REPORT_FILES + runs.ESTIMATOR_FILES if name.endswith(".png")}
 
 
 @pytest.fixture(scope="module")

@@ -142,6 +142,7 @@ def test_a_torchvision_model_from_disk_through_the_cli(tmp_path, params, monkeyp
 
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "alexnet.pth")
     params["features"].update(networks=["tv-alexnet"], targets=["B"])
+    params["estimators"]["methods"] = []  # they read our own bases, not dumped here
     with pytest.raises(UserError, match="features.torchvision_weights.alexnet does not give its weights file"):
         tparams.validate(yaml.safe_load(yaml.safe_dump(params)))
     params["features"]["torchvision_weights"] = {"alexnet": str(tmp_path / "alexnet.pth")}
@@ -153,5 +154,6 @@ def test_a_torchvision_model_from_disk_through_the_cli(tmp_path, params, monkeyp
     index = json.loads((dump / "index.json").read_text())
     assert [e["stop"] - e["start"] for e in index["layers"]] == [64, 192, 384, 256, 256, 4096, 4096]
     assert np.load(dump / "features.npy").shape == (5 * 40 + 5 * 40, 9344)  # smoke: 40 train + 40 test per class
+    assert np.load(dump / "logits.npy").shape == (400, 1000)  # torchvision's ImageNet classifier
     result = json.loads(stages.embed(params, "random0", 0, "tv-alexnet", "B").read_text())
     assert result["network"] == "tv-alexnet" and 0.2 < result["results"]["all"]["full_network"]["mean"] <= 1

@@ -105,7 +105,8 @@ def test_every_job_ran_through_sbatch_and_completed(smoke_on_slurm, capsys):
     listing = table(list(records.values()), submitted, gpus)
     show(capsys, f"slurmctld job completion records ({len(records)} jobs, {ws})", listing)
     expected = dag_counts(ws)
-    assert set(expected) == {"prepare", "split", "train_base", "train_transfer", "features", "embed", "report"}
+    assert set(expected) == {"prepare", "split", "train_base", "train_transfer", "features", "embed", "estimate",
+                             "estimators", "report"}
     per_rule = {rule: sum(r == rule for r in submitted.values()) for rule in expected}
     assert per_rule == expected, listing
     assert set(records) == set(submitted), f"jobs without a completion record:\n{listing}"

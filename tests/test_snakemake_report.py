@@ -17,6 +17,7 @@ from .conftest import ROOT, sh
 
 pytestmark = pytest.mark.slow
 CAPTIONS = ROOT / "workflow" / "report"
+REPORTED = runs.REPORT_FILES + runs.ESTIMATOR_FILES  # the report's files and the estimators stage's
 
 
 def first_line(rst: Path) -> str:
@@ -28,14 +29,14 @@ def first_line(rst: Path) -> str:
 def captioned() -> dict[Path, list[str]]:
     """Each caption in workflow/report/ (but the workflow's) -> the report files of its name, one of which
     (runs.csv, not runs.md) is in the Snakemake report."""
-    stems = {p: [n for n in runs.REPORT_FILES if n.rsplit(".", 1)[0] == p.stem]
+    stems = {p: [n for n in REPORTED if n.rsplit(".", 1)[0] == p.stem]
              for p in sorted(CAPTIONS.glob("*.rst")) if p.stem != "workflow"}
     assert all(stems.values()), stems
     return stems
 
 
 def test_every_figure_has_a_caption():
-    figures = {name for name in runs.REPORT_FILES if name.endswith(".png")}
+    figures = {name for name in REPORTED if name.endswith(".png")}
     named = {n for names in captioned().values() for n in names}
     assert figures <= named, figures - named
 

@@ -75,7 +75,8 @@ def test_every_profile_plans_its_whole_dag_as_documented(tmp_path, profile):
     assert job_counts(proc.stdout) == {
         "prepare": 1, "split": len(exp["splits"]) + len(exp["dissimilar"]["splits"]),
         "train_base": sum(n.is_base for n in nets), "train_transfer": sum(not n.is_base for n in nets),
-        "features": len(runs.feature_jobs(params)), "embed": len(runs.feature_jobs(params)), "report": 1, "all": 1}
+        "features": len(runs.feature_jobs(params)), "embed": len(runs.feature_jobs(params)),
+        "estimate": len(exp["splits"]) * len(exp["seeds"]), "estimators": 1, "report": 1, "all": 1}
     # the command the profile's header shows, dry and with its shell commands: each reads the profile
     (use,) = re.findall(r"^# Use: (snakemake .*)$", profile.read_text(), re.M)
     assert f"--configfile {rel}" in use, use
@@ -125,7 +126,7 @@ def test_snakemake_run_writes_the_report(snakemake_ws):
     assert {f["verdict"] for f in findings.values()} == {"inconclusive"}  # one seed: no interval, no verdict
     assert "The study's findings on this data" in (reports / "index.html").read_text()
     fne = metrics["fne"]
-    assert sorted(fne) == ["baseA_on_B", "baseA_on_digits"]
+    assert sorted(fne) == ["baseA_on_B", "baseA_on_digits", "baseB_on_B", "baseB_on_digits"]
     assert sorted(fne["baseA_on_digits"]) == ["5_per_class", "all"]
     assert {"full_network", "fc6", "fc7", "probe_conv1"} <= set(fne["baseA_on_B"]["all"])
     fne_rows = (reports / "fne.md").read_text().splitlines()
@@ -138,6 +139,31 @@ def test_snakemake_run_writes_the_report(snakemake_ws):
     bench = [f for split in ("random0", "dissimilar")  # one per training
              for f in (snakemake_ws / "data" / "benchmarks" / split).rglob("*.tsv")]
     assert len(bench) == NETWORKS
+
+
+def test_estimators_stage_scores_every_layer_against_the_measured_curves(snakemake_ws):
+    methods = tparams.load(SMOKE)["estimators"]["methods"]  # the profile Snakemake was given
+    reports = snakemake_ws / "reports"
+    scores = json.loads((snakemake_ws / "data/estimates/random0/seed0/scores.json").read_text())["targets"]
+    assert list(scores) == ["B"] and scores["B"]["source_network"] == "baseA" and scores["B"]["images"] == 200
+    for method in methods:
+        value = scores["B"]["scores"][method]
+        assert isinstance(value, float) if method in ("leep", "nce") else len(value) == 7, method
+    embed = json.loads((snakemake_ws / "data/embed/random0/seed0/baseA/B.json").read_text())["results"]["all"]
+    layers = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
+    assert scores["B"]["scores"]["probe"] == [embed[f"probe_{layer}"]["mean"] for layer in layers]  # the same probe
+    cka = scores["B"]["scores"]["cka"]
+    assert all(0 < v <= 1 for v in cka)
+    estimators = json.loads((reports / "metrics.json").read_text())["estimators"]
+    assert set(estimators) == set(methods)
+    for method in set(methods) - {"leep", "nce"}:
+        for curve in ("AnB", "AnB-ft"):
+            tau = estimators[method][curve]["kendall"]
+            assert -1 <= tau["mean"] <= 1 and tau["replicates"] == 1 and tau["ci95"] is None, (method, curve)
+    table = (reports / "estimators.md").read_text()
+    assert "| LogME |" in table and "Tracks AnB (frozen) best" in table
+    assert (reports / "estimators.png").read_bytes()[:4] == b"\x89PNG"
+    assert 'src="estimators.png"' in (reports / "index.html").read_text()
 
 
 def test_dvc_commit_after_snakemake_records_it(snakemake_ws):
@@ -163,7 +189,8 @@ def test_the_two_dags_agree(tmp_path):
     assert len([j for j in jobs if j["rule"].startswith("train")]) == NETWORKS
     # the jobs that compute ask for compute.threads; split and report run on one
     assert {j["rule"]: j["threads"] for j in jobs} == {"prepare": 1, "split": None, "train_base": 1,
-                                                      "train_transfer": 1, "features": 1, "embed": 1, "report": None}
+                                                      "train_transfer": 1, "features": 1, "embed": 1,
+                                                      "estimate": 1, "estimators": None, "report": None}
 
 
 def test_snakemake_jobs_take_the_threads_snakemake_gives_them(tmp_path):
@@ -172,7 +199,7 @@ def test_snakemake_jobs_take_the_threads_snakemake_gives_them(tmp_path):
     f = tmp_path / "two.yaml"
     f.write_text(yaml.safe_dump(params))
     ws = make_workspace(tmp_path / "ws", f)
-    computing = ("prepare", "train_base", "train_transfer", "features", "embed")
+    computing = ("prepare", "train_base", "train_transfer", "features", "embed", "estimate")
     for cores, threads in (("2", 2), ("1", 1)):  # --cores 1: Snakemake scales every job down to 1
         jobs = [j for j in snakemake_jobs(ws, "--cores", cores) if j["rule"] in computing]
         assert {j["threads"] for j in jobs} == {threads}, cores

@@ -50,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
         f.add_argument("--seed", type=int, required=True)
         f.add_argument("--network", required=True, help="baseA, baseB, A3B-ft, ...")
         f.add_argument("--target", required=True, choices=["A", "B", "digits"])
+    e = sub.add_parser("estimate", help="transferability estimators per layer on one replicate's feature dumps")
+    e.add_argument("--split", required=True)
+    e.add_argument("--seed", type=int, required=True)
+    sub.add_parser("estimators", help="the estimators against the measured AnB / AnB+ curves, under reports/")
     sub.add_parser("report", help="tables, Figure 2, decomposition and HTML under reports/")
     return p
 
@@ -92,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
             stages.train_network(params, args.split, args.seed, args.variant, args.n)
         elif args.stage in ("features", "embed"):
             getattr(stages, args.stage)(params, args.split, args.seed, args.network, args.target)
+        elif args.stage == "estimate":
+            from .prediction import estimate
+
+            estimate(params, args.split, args.seed)
+        elif args.stage == "estimators":
+            from .prediction import compare
+
+            compare(params)
         elif args.stage == "report":
             from .report import build_report
 

@@ -91,6 +91,7 @@ def check(params: dict[str, Any], source: str = "params") -> None:
         if net.startswith("tv-") and net[3:] not in feats.get("torchvision_weights", {}):
             raise UserError(f"{source}: features.networks has {net} but features.torchvision_weights.{net[3:]} "
                             "does not give its weights file (nothing is downloaded)")
+    check_estimators(params, source)
     steps = params["train"]["lr_steps"]
     if steps != sorted(steps):
         raise UserError(f"{source}: train.lr_steps must increase, got {steps}")
@@ -128,6 +129,32 @@ def check_inputs(params: dict[str, Any], source: str = "params") -> None:
         given = f"train.crop is {crop}" if crop else f"the {stored}"
         raise UserError(f"{source}: model.arch {arch} takes inputs of at least {least}x{least}, but {given}; "
                         f"use model.arch: small, or images of at least {least} (dataset.image_size, train.crop)")
+
+
+def check_estimators(params: dict[str, Any], source: str) -> None:
+    """The estimators need a fan-out to predict, n to rank, and the dumps they read."""
+    from .runs import OTHER_HALF, transfer_targets
+
+    methods, layers = params["estimators"]["methods"], params["experiment"]["layers"]
+    targets = transfer_targets(params)
+    if not methods:
+        return
+    if not targets:
+        raise UserError(f"{source}: estimators predict transfer from the other half's base, but experiment.variants "
+                        "has none of AnB, AnB-ft, BnA, BnA-ft; add one")
+    if len(layers) < 2:
+        raise UserError(f"{source}: estimators are ranked against the measured accuracy over n, so experiment.layers "
+                        f"needs at least 2 values (got {layers})")
+    feats = params.get("features", {})
+    for t in targets:
+        why = {f"base{OTHER_HALF[t]}": "the source base", f"base{t}": "linear CKA compares it with the source base"}
+        for net in [f"base{OTHER_HALF[t]}"] + ([f"base{t}"] if "cka" in methods else []):
+            if net not in feats.get("networks", []):
+                raise UserError(f"{source}: estimators read {net}'s features on half {t} ({why[net]}): add {net} to "
+                                "features.networks")
+        if t not in feats.get("targets", []):
+            raise UserError(f"{source}: estimators read features on half {t} (the target of "
+                            f"{OTHER_HALF[t]}n{t}): add {t} to features.targets")
 
 
 def load(path: str | Path = "params.yaml") -> dict[str, Any]:

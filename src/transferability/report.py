@@ -17,6 +17,7 @@ from .atomic import write_json, write_text
 from .errors import UserError
 from .figures import curves_figure, figure2, findings_figures, probes_figure
 from .findings import as_json, boost_table, budget_check, budget_table, evaluate, table
+from .prediction import load_comparison
 from .tables import decomposition, fne_table, html_table, markdown, metrics_json, summarise, variant_table
 from .training import versions
 
@@ -97,6 +98,12 @@ from the other half's features and from the target's own.</p>
 random training splits where there are several.</p>
 {fne}
 <img src="probes.png" alt="Linear probe accuracy per layer">
+<h2>Transferability estimators against the measured fan-out</h2>
+<p>Scores from features alone, per layer n of the source base, ranked against the measured top-1 of AnB
+and AnB+ over n (mean over replicates, 95% interval); cost in core-seconds per replicate
+(<code>estimators.md</code>).</p>
+{estimators}
+<img src="estimators.png" alt="Transferability estimators against n, their rank correlations and costs">
 <h2>Learning curves</h2>
 <img src="curves.png" alt="Test top-1 during training for every network">
 <h2>All runs</h2>
@@ -179,6 +186,8 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
     for e in embeds:
         metrics[e["split"]].setdefault("fne", {})[f"{e['slug']}_on_{e['target']}"] = {
             size: {m: round(v["mean"], 6) for m, v in res.items()} for size, res in e["results"].items()}
+    estimators = load_comparison(out)  # the `estimators` stage's output
+    metrics["estimators"] = estimators["metrics"]
     write_json(out / "metrics.json", metrics)
     for r in rows:  # per-run learning curves for `dvc plots`
         buf = io.StringIO()
@@ -199,5 +208,6 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
         boost=html_table(*boost) if boost else "<p>No AnB+ and BnB+ runs to compare.</p>",
         decomposition=html_table(d_header, d_table), runs=html_table(COLUMNS, run_table),
         fne=html_table(f_header, f_table) if embeds else "<p>No feature extraction configured.</p>",
+        estimators=html_table(estimators["table"]["header"], estimators["table"]["rows"]),
         provenance=html.escape(provenance)))
     print(f"report: {out / 'index.html'} ({len(rows)} runs)")

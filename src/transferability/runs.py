@@ -24,12 +24,16 @@ TRANSFER_DIR = "data/runs/{split}/seed{seed}/{variant}/n{n}"
 CHECKPOINTS = "data/checkpoints"
 RUN_FILES = ("metrics.json", "timing.json", "curve.csv", "model.pt")
 FEATURES_DIR = "data/features/{split}/seed{seed}/{network}/{target}"
-FEATURE_FILES = ("features.npy", "labels.npy", "is_train.npy", "index.json")
+FEATURE_FILES = ("features.npy", "logits.npy", "labels.npy", "is_train.npy", "index.json")
 EMBED = "data/embed/{split}/seed{seed}/{network}/{target}.json"
 REPORT_DIR = "reports"
 REPORT_FILES = ("index.html", "figure2.png", "curves.png", "probes.png", "metrics.json", "runs.csv", "runs.md",
                 "variants.md", "decomposition.md", "fne.md", "findings.md", "dissimilar.png", "random_filters.png")
 REPORT_CURVES = "reports/curves"  # one CSV per run, for `dvc plots`
+ESTIMATES_DIR = "data/estimates/{split}/seed{seed}"  # one replicate's estimator scores, and their timing
+ESTIMATE_FILES = ("scores.json", "timing.json")
+ESTIMATOR_FILES = ("estimators.md", "estimators.png", "estimators.json")  # under REPORT_DIR
+OTHER_HALF = {"A": "B", "B": "A"}
 
 BASE_RE = re.compile(r"^base(?P<tgt>[AB])$")
 TRANSFER_RE = re.compile(r"^(?P<src>[ABR])n(?P<tgt>[AB])(?P<ft>-ft)?$")
@@ -193,6 +197,27 @@ def feature_jobs(params: dict[str, Any]) -> list[FeatureJob]:
     exp = params["experiment"]
     return [FeatureJob(split, seed, net, target) for split in exp["splits"] for seed in exp["seeds"]
             for net in feats.get("networks", []) for target in feats.get("targets", [])]
+
+
+def transfer_targets(params: dict[str, Any]) -> list[str]:
+    """Target halves that the experiment reaches from the other half's base (AnB or BnA, frozen or
+    fine-tuned): the fan-outs the transferability estimators predict (none without estimators)."""
+    if not params["estimators"]["methods"]:
+        return []
+    variants = params["experiment"]["variants"]
+    return [t for t in ("A", "B") if {f"{OTHER_HALF[t]}n{t}", f"{OTHER_HALF[t]}n{t}-ft"} & set(variants)]
+
+
+def estimator_dumps(params: dict[str, Any], split: str, seed: int) -> list[FeatureJob]:
+    """The feature dumps one replicate's estimators read: the source base on each target half, and the
+    target's own base there when linear CKA compares the two."""
+    cka = "cka" in params["estimators"]["methods"]
+    return [FeatureJob(split, seed, net, t) for t in transfer_targets(params)
+            for net in [f"base{OTHER_HALF[t]}"] + ([f"base{t}"] if cka else [])]
+
+
+def estimates_dir(split: str, seed: int) -> Path:
+    return Path(ESTIMATES_DIR.format(split=split, seed=seed))
 
 
 def split_path(split: str) -> Path:

@@ -93,10 +93,11 @@ def sharded_rows(work: Path, key: str, n: int, shard: int, make: Callable[[int, 
     return files
 
 
-def join_npy(files: list[Path], dest: Path) -> tuple[int, ...]:
+def join_npy(files: list[Path], dest: Path, cols: slice = slice(None)) -> tuple[int, ...]:
     """Write the .npy files' rows, in order, as the one .npy ``dest`` (a shard at a time, never the
-    whole in memory: an ImageNet feature dump is ~13 GB); return its shape."""
-    parts = [np.load(f, mmap_mode="r") for f in files]
+    whole in memory: an ImageNet feature dump is ~13 GB); ``cols``: only those columns (a dump's logits
+    go to a file of their own). Return its shape."""
+    parts = [np.load(f, mmap_mode="r")[:, cols] for f in files]
     shape = (sum(len(p) for p in parts), *parts[0].shape[1:])
     with open(dest, "wb") as out:
         np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(parts[0].dtype),

@@ -213,15 +213,17 @@ def extractor(params: dict[str, Any], job: FeatureJob, store: Any,
     if arch := job.torchvision_arch:
         weights = Path(params["features"]["torchvision_weights"][arch])
         net = load_torchvision(arch, weights)
-        return net, torchvision_alexnet_taps(net, list(range(1, 8))), IMAGENET_MEAN, IMAGENET_STD, \
+        return net, torchvision_alexnet_taps(net, list(range(1, 9))), IMAGENET_MEAN, IMAGENET_STD, \
             (3, TORCHVISION_SIDE), weights
     net = load_trained(params, job.trained, store, split_data)
     mean, std = normalisation(store, params["train"].get("normalise", "mean_std"))
-    return net, family_taps(net, list(range(1, 8))), mean, std, None, job.trained.file("model.pt")
+    return net, family_taps(net, list(range(1, 9))), mean, std, None, job.trained.file("model.pt")
 
 
 def features(params: dict[str, Any], split_name: str, seed: int, network: str, target: str) -> Path:
-    """Dump every layer's activations of a network on a target (eval mode, CPU), in resumable shards."""
+    """Dump every layer's activations of a network on a target (eval mode, CPU), in resumable shards:
+    layers 1..7 in features.npy, and the classifier's logits over the source's own classes (fc8) apart in
+    logits.npy, for the estimators that read the source's predictions (LEEP, NCE)."""
     job = FeatureJob(split_name, seed, network, target)
     torch.set_num_threads(params["compute"]["threads"])
     store = load_store(runs.prepared_path(params))
@@ -246,19 +248,22 @@ def features(params: dict[str, Any], split_name: str, seed: int, network: str, t
 
     _, index = rows(0, 1)  # the column index, whether or not earlier shards exist
     weights_sha = sha256_file(weights)
-    key = digest([weights_sha, target, feats, params["train"], params["evaluate"]])
+    key = digest([weights_sha, target, feats, params["train"], params["evaluate"], index])
     shards = sharded_rows(dest.with_name(f".{dest.name}.shards"), key, len(tgt.images),
                           feats.get("shard_images", 4096), lambda start, stop: rows(start, stop)[0],
                           f"features {job.name} on {target}")
+    *index, logits = index
     with atomic_dir(dest) as tmp:
-        shape = join_npy(shards, tmp / "features.npy")
+        shape = join_npy(shards, tmp / "features.npy", slice(0, logits["start"]))
+        join_npy(shards, tmp / "logits.npy", slice(logits["start"], None))
         save_npy(tmp / "labels.npy", tgt.labels)
         save_npy(tmp / "is_train.npy", tgt.is_train)
         (tmp / "index.json").write_text(json.dumps(
             {"network": job.name, "target": target, "layers": index, "classes": tgt.class_names,
              "source_model_sha256": weights_sha}, indent=2) + "\n")
     shutil.rmtree(dest.with_name(f".{dest.name}.shards"), ignore_errors=True)
-    print(f"features {job.name} on {target}: {shape[0]} images x {shape[1]} features -> {dest}",
+    print(f"features {job.name} on {target}: {shape[0]} images x {shape[1]} features, "
+          f"{logits['stop'] - logits['start']} logits -> {dest}",
           file=sys.stderr)
     return dest
 

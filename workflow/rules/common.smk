@@ -38,11 +38,14 @@ BASE_OUTPUTS = [f"{runs.BASE_DIR}/{name}" for name in runs.RUN_FILES]
 TRANSFER_OUTPUTS = [f"{runs.TRANSFER_DIR}/{name}" for name in runs.RUN_FILES]
 FEATURE_OUTPUTS = [f"{runs.FEATURES_DIR}/{name}" for name in runs.FEATURE_FILES]
 REPORT_OUTPUTS = [f"{runs.REPORT_DIR}/{name}" for name in runs.REPORT_FILES]
+ESTIMATE_OUTPUTS = [f"{runs.ESTIMATES_DIR}/{name}" for name in runs.ESTIMATE_FILES]
+ESTIMATORS_JSON = f"{runs.REPORT_DIR}/estimators.json"
 # The report's files shown by `snakemake --report`: category and caption (workflow/report/<stem>.rst).
 REPORT_ITEMS = {
     "figure2.png": "Figures", "dissimilar.png": "Figures", "random_filters.png": "Figures",
     "probes.png": "Figures", "curves.png": "Figures", "findings.md": "Tables", "variants.md": "Tables",
     "decomposition.md": "Tables", "fne.md": "Tables", "runs.csv": "Tables", "metrics.json": "Metrics",
+    "estimators.png": "Figures", "estimators.md": "Tables",
 }
 
 wildcard_constraints:
@@ -84,14 +87,33 @@ def all_outputs():
     return REPORT_OUTPUTS
 
 
-def report_outputs():
-    """The report rule's outputs, those in REPORT_ITEMS marked for `snakemake --report` with a caption."""
+def reported(names):
+    """Files under reports/, those in REPORT_ITEMS marked for `snakemake --report` with a caption."""
     out = []
-    for name, path in zip(runs.REPORT_FILES, REPORT_OUTPUTS, strict=True):
-        stem = name.rsplit(".", 1)[0]
-        category = REPORT_ITEMS.get(name)
+    for name in names:
+        path, stem, category = f"{runs.REPORT_DIR}/{name}", name.rsplit(".", 1)[0], REPORT_ITEMS.get(name)
         out.append(report(path, caption=f"../report/{stem}.rst", category=category) if category else path)
     return out
+
+
+def report_outputs():
+    return reported(runs.REPORT_FILES)
+
+
+def estimator_outputs():
+    return reported(runs.ESTIMATOR_FILES)
+
+
+def estimator_dumps(wildcards):
+    """The estimate rule's input: the feature dumps one replicate's estimators read."""
+    jobs = runs.estimator_dumps(P, wildcards.split, int(wildcards.seed))
+    return [str(job.dir / name) for job in jobs for name in runs.FEATURE_FILES]
+
+
+def all_estimates():
+    exp = P["experiment"]
+    return [str(runs.estimates_dir(split, seed) / name) for split in exp["splits"] for seed in exp["seeds"]
+            for name in runs.ESTIMATE_FILES]
 
 
 def train_mem_mb(wildcards):

@@ -2,6 +2,7 @@ rule report:
     input:
         all_metrics(),
         all_embeddings(),
+        ESTIMATORS_JSON,
     output:
         report_outputs(),
         directory(runs.REPORT_CURVES),
