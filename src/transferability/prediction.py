@@ -317,7 +317,7 @@ def figure(reps: list[dict[str, Any]], summary: dict[str, dict[str, Any]], cost:
     ax.set_xscale("log")
     ax.set_yticks(range(len(names)), [NAMES.get(k, k.replace("-ft", "+")) for k in names])
     ax.set_xlabel("core-seconds per replicate (log scale)")
-    ax.set_title("Cost: each estimator at every n, against training the fan-out")
+    ax.set_title("Cost: every n scored, against training the fan-out", fontsize=11)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     _save(fig, path)
