@@ -97,7 +97,8 @@ def test_cli_job_killed_at_random_points_resumes_to_identical_files(tmp_path, pa
     subprocess.run(TRAIN, cwd=ws, env=ENV, check=True, capture_output=True)
     for name, data in reference.items():
         assert (ws / BASE / name).read_bytes() == data, name
-    assert not list((ws / CKPT).parent.glob(".baseB.pt.*")), "leftover temporaries were not cleared"
+    left = [p.name for p in (ws / CKPT).parent.glob(".baseB.pt.*") if p.name != ".baseB.pt.lock"]
+    assert not left, f"leftover temporaries were not cleared: {left}"  # the one-job lock file stays: it holds no state
 
 
 def test_snakemake_rerun_incomplete_resumes_a_killed_job(tmp_path, params_file, reference):
@@ -221,6 +222,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_epoch_and_ends_identica
 def test_a_truncated_feature_shard_is_computed_again(tmp_path, params_file):
     params = yaml.safe_load(params_file.read_text())
     params["features"].update(shard_images=300, targets=["digits"])
+    params["estimators"]["methods"] = []  # they read the dumps on half B, which this test does not make
     params["train"].update(epochs=1)
     f = tmp_path / "params.yaml"
     f.write_text(yaml.safe_dump(params))
