@@ -47,11 +47,12 @@ def test_gpu_check_runs_on_the_cpu_as_the_readme_shows(tmp_path):
 
     # the smoke networks on the "device" (the CPU) against the CPU: the same device, the same bits
     smoke = s["smoke"]
-    assert smoke["networks"] == 3 == smoke["identical"] and smoke["test_images"] == 200
-    assert smoke["within_tolerance"] and smoke["max_abs_diff"] == 0
-    assert [r["network"] for r in smoke["compare"]] == ["random0/seed0/baseA", "random0/seed0/baseB",
-                                                        "random0/seed0/A2B"]
-    assert all(0 < r["cpu"] == r["device"] <= 1 for r in smoke["compare"])
+    assert smoke["networks"] == 3 and smoke["test_images"] == 200 and smoke["within_tolerance"]
+    (run,) = smoke["device_runs"].values()  # a tiny run's one device run: the CPU itself
+    assert run["identical"] == 3 and run["max_abs_diff"] == 0 and run["missing"] == 0
+    assert [r["network"] for r in run["compare"]] == ["random0/seed0/baseA", "random0/seed0/baseB",
+                                                      "random0/seed0/A2B"]
+    assert all(0 < r["cpu"] == r["device"] <= 1 for r in run["compare"])
 
     # three jobs at once ran one after another behind the lock; a killed holder freed it for the waiter,
     # and resumed from its checkpoint to the bytes of its uninterrupted run

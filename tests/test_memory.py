@@ -61,15 +61,14 @@ def test_an_imagenet_training_request_holds_its_test_part_loader_and_checkpoint(
     assert memory.train_parts(params, Network("random0", 0, "baseB"))["images"] == 0
 
 
-def test_a_cpu_request_counts_model_activations_and_the_prefix_cache(tmp_path, monkeypatch, smoke_params):
+def test_a_cpu_request_counts_model_activations_and_the_prefix_cache(tmp_path, monkeypatch, params):
     monkeypatch.chdir(tmp_path)
-    params = smoke_params
     base = memory.train_parts(params, Network("random0", 0, "baseB"))
     frozen = memory.train_parts(params, Network("random0", 0, "AnB", 1))
     shapes = memory._shapes(params["model"], 1, 28, 5, 1)
     assert base["model"] == 4 * 3 * shapes["params"] and "prefix_cache" not in base
     assert frozen["prefix_cache"] == 2 * 4 * shapes["head"] * (2 * 5 * 40 + 5 * 40)  # mirror: two views
-    params["compute"]["prefix_cache_gb"] = 0  # too large to cache: none built
+    params["compute"]["prefix_cache_gb"] = 1e-9  # too large to cache: none built
     assert memory.train_parts(params, Network("random0", 0, "AnB", 1))["prefix_cache"] == 0
 
 

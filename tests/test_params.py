@@ -54,7 +54,7 @@ def test_shipped_profiles_are_valid():
         (lambda p: (p["dataset"].update(source="imagefolder", image_size=300), p["train"].update(crop=301)),
          "train.crop is 301 but the imagefolder images are 300x300"),
         (lambda p: p["evaluate"].update(k_best=3), "evaluate.k_best is 3 but a run makes at most 2 evaluations"),
-        (lambda p: (p["features"].update(networks=["A3B"]), p["experiment"].update(layers=[1, 2])),
+        (lambda p: (p["features"].update(networks=["baseA", "baseB", "A3B"]), p["experiment"].update(layers=[1, 2])),
          "features.networks has A3B, which the experiment does not train"),
     ],
 )
