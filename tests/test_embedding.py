@@ -16,7 +16,7 @@ from transferability.embedding import (
     standardise,
 )
 from transferability.errors import UserError
-from transferability.features import digits, extract, family_taps, load_torchvision, torchvision_alexnet_taps
+from transferability.features import digits, extract, load_torchvision, torchvision_alexnet_taps, unit_taps
 from transferability.models import build_model
 
 
@@ -71,8 +71,8 @@ def small_net():
 
 def test_dump_columns_match_each_layer_and_batch_size_does_not_matter(small_net):
     images = np.random.default_rng(0).integers(0, 255, (7, 1, 28, 28), dtype=np.uint8)
-    x1, index = extract(small_net, family_taps(small_net, list(range(1, 8))), images, [72.9], [90.0], 1)
-    x4, _ = extract(small_net, family_taps(small_net, list(range(1, 8))), images, [72.9], [90.0], 4)
+    x1, index = extract(small_net, unit_taps(small_net, list(range(1, 8))), images, [72.9], [90.0], 1)
+    x4, _ = extract(small_net, unit_taps(small_net, list(range(1, 8))), images, [72.9], [90.0], 4)
     assert np.allclose(x1, x4, atol=1e-5)
     assert [e["layer"] for e in index] == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
     assert index[-1]["stop"] == x1.shape[1]
@@ -89,7 +89,7 @@ def test_dump_columns_match_each_layer_and_batch_size_does_not_matter(small_net)
 def test_every_method_beats_chance_on_a_real_dump(small_net):
     target = digits(1)
     assert target.images.shape == (1797, 1, 28, 28) and target.images.dtype == np.uint8
-    x, index = extract(small_net, family_taps(small_net, list(range(1, 8))), target.images, [72.9], [90.0], 500)
+    x, index = extract(small_net, unit_taps(small_net, list(range(1, 8))), target.images, [72.9], [90.0], 500)
     tr, te = small_data_splits(target.labels, 20, 30, repeat=0)
     acc = evaluate_all(x[tr], target.labels[tr], x[te], target.labels[te], index,
                        {"thresholds": [-0.25, 0.15], "C": 1.0, "baselines": ["fc6", "fc7"]})
@@ -105,7 +105,7 @@ def test_codes_equal_the_fne_authors_implementation_on_a_real_dump(small_net, pe
     from fne.fne_torch import FullNetworkEmbedding
 
     target = digits(1)
-    x, _ = extract(small_net, family_taps(small_net, list(range(1, 8))), target.images, [72.9], [90.0], 500)
+    x, _ = extract(small_net, unit_taps(small_net, list(range(1, 8))), target.images, [72.9], [90.0], 500)
     tr, te = small_data_splits(target.labels, per_class, 50, repeat=0)
     theirs = FullNetworkEmbedding(torch.nn.Identity(), [], classifier=None)
     ref_tr = theirs._postprocess(torch.from_numpy(x[tr]), train=True).numpy()

@@ -11,7 +11,7 @@ import yaml
 
 from transferability import memory
 from transferability import params as tparams
-from transferability.features import LayerTaps, family_taps
+from transferability.features import LayerTaps, unit_taps
 from transferability.models import build_model
 from transferability.prefix import split_prefix
 from transferability.runs import FeatureJob, Network
@@ -30,7 +30,7 @@ def test_sizes_computed_from_the_layer_specification_are_the_built_networks(mode
     outputs = []
     hooks = [m.register_forward_hook(lambda m, i, out: outputs.append(out[0].numel()))
              for m in net.modules() if not list(m.children())]
-    tap = LayerTaps(family_taps(net, list(range(1, 8))))
+    tap = LayerTaps(unit_taps(net, list(range(1, 8))))
     x = torch.zeros(1, channels, side, side)
     with torch.no_grad():
         net(x)

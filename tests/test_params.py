@@ -25,7 +25,7 @@ def test_shipped_profiles_are_valid():
         (lambda p: p["train"].update(lr_typo=0.1), "unknown key ['lr_typo'] under 'train'"),
         (lambda p: p.update(extra={}), "unknown key ['extra'] at the top level"),
         (lambda p: p["train"].update(epochs="ten"), "'train.epochs': 'ten' is not of type 'integer'"),
-        (lambda p: p["experiment"].update(layers=[1, 8]), "'experiment.layers.1': 8 is greater than"),
+        (lambda p: p["experiment"].update(layers=[1, 8]), "n = 8, but model.arch small has 8 units"),
         (lambda p: p["experiment"].update(layers=[0]), "'experiment.layers.0': 0 is less than"),
         (lambda p: p["experiment"].update(variants=["AnC"]), "'experiment.variants.0' is 'AnC'; allowed values: BnB"),
         (lambda p: p["model"].update(arch="vgg"), "'model.arch' is 'vgg'; allowed values: small, caffenet"),
@@ -74,7 +74,8 @@ def test_cli_reports_bad_params_in_one_line_before_any_work(tmp_path, params):
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"error: {f}: 'experiment.layers.0': 9 is greater than the maximum of 7"]
+        f"error: {f}: experiment.layers has n = 9, but model.arch small has 8 units (conv1, conv2, ..., fc8): "
+        "n runs over 1..7"]
     assert not (tmp_path / "data").exists()
 
 

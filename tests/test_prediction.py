@@ -13,7 +13,7 @@ from transferability import params as tparams
 from transferability import prediction, runs, stages
 from transferability.data import normalisation
 from transferability.errors import UserError
-from transferability.features import extract, family_taps
+from transferability.features import extract, unit_taps
 from transferability.store import load_store, save_npy
 
 LAYERS = list(range(1, 8))
@@ -26,7 +26,7 @@ def test_features_dump_keeps_its_columns_and_adds_the_source_classifiers_logits(
     net = stages.load_trained(params, runs.Network("random0", 0, "baseA"), store, stages.read_split("random0"))
     mean, std = normalisation(store, "mean_std")
     images = stages.half_target(store, stages.read_split("random0"), "B", params).images[0:400]
-    layers, _ = extract(net, family_taps(net, LAYERS), images, mean, std, 500)  # layers 1..7 alone
+    layers, _ = extract(net, unit_taps(net, LAYERS), images, mean, std, 500)  # layers 1..7 alone
     assert np.array_equal(np.load(dump / "features.npy"), layers.astype(np.float16))  # the FNE's columns, unchanged
     x = (torch.from_numpy(np.ascontiguousarray(images)).float() - torch.tensor(mean).view(1, -1, 1, 1)) \
         / torch.tensor(std).view(1, -1, 1, 1)

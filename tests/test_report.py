@@ -130,6 +130,6 @@ def test_the_page_and_the_pooled_panel_count_what_ran(params):
     params["experiment"].update(splits=["random0"], seeds=[0],
                                 dissimilar={"splits": ["natman"], "seeds": [0, 1], "variants": ["AnB"]})
     text = intro(params, 40)
-    assert text.startswith("40 networks on fashion_mnist (small model): split random0, seed 0; "
+    assert text.startswith("40 networks on fashion_mnist (small model, 8 units: conv1 ... fc8): split random0, seed 0; "
                            "the dissimilar-task control on split natman, seeds 0, 1; ")
     assert "dissimilar dissimilar" not in text

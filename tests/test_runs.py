@@ -25,12 +25,22 @@ def test_frozen_layers_and_sources():
 
 
 @pytest.mark.parametrize(("variant", "n", "message"), [
-    ("AnC", 3, "unknown variant 'AnC'"), ("AnB", 0, "needs n in 1..7"), ("AnB", 8, "needs n in 1..7"),
-    ("AnB", None, "needs n in 1..7"), ("baseB", 2, "takes no n"), ("RnB-ft", 2, "RnX-ft is not a variant"),
+    ("AnC", 3, "unknown variant 'AnC'"), ("AnB", 0, "needs n of 1 or more"),
+    ("AnB", None, "needs n of 1 or more"), ("baseB", 2, "takes no n"), ("RnB-ft", 2, "RnX-ft is not a variant"),
 ])
 def test_bad_networks_are_refused(variant, n, message):
     with pytest.raises(UserError, match=message):
         Network("s", 0, variant, n)
+
+
+def test_an_n_past_the_architecture_is_refused_before_any_work(tmp_path, monkeypatch, params):
+    """n's top is the architecture's (AlexNet 1..7, a ResNet-18 1..9): the train stage says so in one line."""
+    from transferability.stages import train_network
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^A8B: model.arch small has 8 units; n runs over 1..7$"):
+        train_network(params, "random0", 0, "AnB", 8)
+    assert not (tmp_path / "data/runs").exists()
 
 
 def test_no_two_jobs_write_the_same_output(params):

@@ -15,7 +15,7 @@ LAYERS = range(1, 9)
 
 
 def layer_state(net, k):
-    return {name: t.clone() for name, t in net.state_dict().items() if name.startswith(layer_prefix(k))}
+    return {name: t.clone() for name, t in net.state_dict().items() if name.startswith(layer_prefix(net, k))}
 
 
 def same(a, b):

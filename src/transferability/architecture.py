@@ -1,4 +1,5 @@
-"""The AlexNet family's layer tables and their size arithmetic, without torch.
+"""Each architecture's units and size arithmetic, without torch: the AlexNet family's layer tables and
+the timm backbones' unit names.
 
 models.py builds the networks from these tables; params.py checks an input side against them, so
 ``transferability check`` and Snakemake's start (which load params, not torch: 0.6 s against 7 s
@@ -44,10 +45,53 @@ def pooled_side(convs: tuple, size: int) -> int:
 
 
 def smallest_input(model: dict[str, Any]) -> int:
-    """The least input side ``model.arch`` takes (CaffeNet: 67; the small net: 8): anything smaller
-    fails when the network is built, so params are checked against this first."""
+    """The least input side ``model.arch`` takes (CaffeNet: 67; the small net: 8; a ViT: its patch):
+    anything smaller fails when the network is built, so params are checked against this first."""
+    if model["arch"] in TIMM_ARCHS:
+        return model.get("patch_size", 16) if TIMM_ARCHS[model["arch"]][0] == "vit" else 1
     convs, _ = architecture(model)
     size = 1
     while not pooled_side(convs, size):
         size += 1
     return size
+
+
+# timm's backbones, by the name timm builds them under: their family and how many blocks each stage
+# holds (ResNets) or how many transformer blocks there are (ViTs). backbones.py builds them with timm.
+TIMM_ARCHS: dict[str, tuple[str, tuple[int, ...]]] = {
+    "resnet18": ("resnet", (2, 2, 2, 2)),
+    "resnet50": ("resnet", (3, 4, 6, 3)),
+    "vit_tiny_patch16_224": ("vit", (12,)),
+    "vit_small_patch16_224": ("vit", (12,)),
+}
+ALEXNET_UNITS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+
+
+def unit_names(model: dict[str, Any]) -> tuple[str, ...]:
+    """The transferable units of ``model.arch`` in order, the classifier last: what the study's n counts.
+
+    AlexNet: its eight layers. ResNet: the stem, each residual block (``layer1.0``), the head (pool, fc).
+    ViT: the patch embedding (with the class token and position embedding), each block, the head."""
+    arch = model["arch"]
+    if arch not in TIMM_ARCHS:
+        return ALEXNET_UNITS
+    family, depths = TIMM_ARCHS[arch]
+    if family == "resnet":
+        blocks = [f"layer{s}.{b}" for s, depth in enumerate(depths, start=1) for b in range(depth)]
+        return ("stem", *blocks, "head")
+    return ("embed", *(f"blocks.{b}" for b in range(depths[0])), "head")
+
+
+def transferable(model: dict[str, Any]) -> int:
+    """How many units can be copied: every one but the classifier (n = 1..L-1)."""
+    return len(unit_names(model)) - 1
+
+
+def is_alexnet(model: dict[str, Any]) -> bool:
+    """The study's own family: its published numbers and Table 1 apply only to it."""
+    return model["arch"] not in TIMM_ARCHS
+
+
+def network_input(model: dict[str, Any], side: int) -> int:
+    """The side the network sees: ``model.input_size`` (images are resized inside the first unit) or the images'."""
+    return model.get("input_size") or side

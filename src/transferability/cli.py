@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--split", required=True)
     t.add_argument("--seed", type=int, required=True)
     t.add_argument("--variant", required=True, help="baseA, baseB, or XnY[-ft], e.g. AnB-ft")
-    t.add_argument("--n", type=int, default=None, help="layers copied, 1..7 (transfer variants)")
+    t.add_argument("--n", type=int, default=None, help="units copied, 1..L-1 (AlexNet: 1..7; transfer variants)")
     for stage, text in (("features", "dump every layer's activations of a trained network on a target"),
                         ("embed", "Full-Network Embedding, fc6/fc7 baselines and per-layer probes on a dump")):
         f = sub.add_parser(stage, help=text)

@@ -1,9 +1,10 @@
 """Per-layer activations of a trained network, dumped once so classifiers can reuse them.
 
-Conv layers (1..5) are average-pooled over space, one value per channel; fc6 and fc7 are taken
-after their ReLU (dropout is off in eval mode). The dump is one float matrix (images x features)
-with an index of which columns belong to which layer, so the Full-Network Embedding and any
-single-layer baseline slice the same file.
+Every unit is tapped at its output. Conv maps (AlexNet's conv1..5, a ResNet's stem and blocks) are
+average-pooled over space, one value per channel; fc6 and fc7 are taken after their ReLU (dropout is
+off in eval mode); a ViT's token sequence gives its class token and the mean of its patch tokens.
+The dump is one float matrix (images x features) with an index of which columns belong to which
+layer, so the Full-Network Embedding and any single-layer baseline slice the same file.
 """
 
 from __future__ import annotations
@@ -61,7 +62,12 @@ class LayerTaps:
 
     def _keep(self, name: str):
         def hook(module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
-            self.outputs[name] = out.float().mean(dim=(2, 3)) if out.dim() == 4 else out.float()
+            out = out.float()
+            if out.dim() == 4:  # (N, C, H, W): a map
+                out = out.mean(dim=(2, 3))
+            elif out.dim() == 3:  # (N, tokens, D): the class token, then the mean of the patch tokens
+                out = torch.cat([out[:, 0], out[:, 1:].mean(dim=1)], dim=1)
+            self.outputs[name] = out
         return hook
 
     def remove(self) -> None:
@@ -69,11 +75,11 @@ class LayerTaps:
             h.remove()
 
 
-def family_taps(net: nn.Module, layers: list[int]) -> dict[str, nn.Module]:
-    """Layer k of our AlexNet family is the whole unit (conv, ReLU, pool, LRN / fc, ReLU, dropout)."""
-    from .models import LAYER_NAMES
-
-    return {LAYER_NAMES[k - 1]: net.layer(k) for k in layers}
+def unit_taps(net: nn.Module, layers: list[int] | None = None) -> dict[str, nn.Module]:
+    """Units of one of our networks by name (AlexNet's unit is the whole layer: conv, ReLU, pool, LRN /
+    fc, ReLU, dropout; a ResNet's or a ViT's a block): ``layers`` (1-based), or all, the classifier last."""
+    ks = layers or range(1, net.num_units + 1)
+    return {net.unit_names[k - 1]: net.layer(k) for k in ks}
 
 
 def torchvision_alexnet_taps(net: nn.Module, layers: list[int]) -> dict[str, nn.Module]:

@@ -15,8 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from . import study  # noqa: E402
+from .architecture import ALEXNET_UNITS  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
-from .findings import ALL_N, over, replicates, role_minus_base, units  # noqa: E402
+from .findings import over, replicates, role_minus_base, units  # noqa: E402
 from .runs import role  # noqa: E402
 from .tables import sizes  # noqa: E402
 
@@ -26,11 +27,22 @@ STYLE = {"TnT": ("#1f4e9c", "o", "-"), "TnT+": ("#6fa8dc", "o", "--"), "SnT": ("
 BAND_RUNS = 3  # a t interval from two runs (t = 12.7) says little: per-split bands need three seeds
 
 
+def _n_axis(ax: Any, names: tuple[str, ...]) -> None:
+    """n from 0 (the base) to L-1, each tick with the unit it copies last (conv3, layer2.1, blocks.5)."""
+    top = len(names) - 1
+    ax.set_xlim(-0.4, top + 0.4)
+    ax.set_xticks(range(top + 1), ["0\nbase"] + [f"{n}\n{names[n - 1]}" for n in range(1, top + 1)],
+                  fontsize=8 if top <= 9 else 6, rotation=0 if top <= 9 else 90)
+    ax.set_xlabel("n: units copied from the source network (the last one named)")
+
+
 def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], overlay: bool,
-            path: Path, pooled_splits: list[str] | None = None) -> None:
+            path: Path, pooled_splits: list[str] | None = None, names: tuple[str, ...] = ALEXNET_UNITS,
+            alexnet: bool = True) -> None:
     """Top-1 against n. First, when several replicates exist, every role pooled over the random
     splits and both directions as the study pooled them (relative to each replicate's base, with
-    95% bands); then a panel per split and target half: a point per run, a mean line per variant."""
+    95% bands); then a panel per split and target half: a point per run, a mean line per variant.
+    ``names``: the architecture's units; ``alexnet``: draw the study's own numbers beside ours."""
     panels = sorted({(r["split"], r["target"]) for r in rows if not r["family"].startswith("base")})
     count = len(units(rows, pooled_splits or []))
     pooled = len(replicates([r for r in rows if r["split"] in (pooled_splits or [])])) > 1
@@ -40,7 +52,7 @@ def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], ov
     for ax in axes.flat[len(panels) + pooled :]:
         ax.set_visible(False)
     if pooled:
-        _pooled_panel(axes.flat[0], rows, pooled_splits or [], count)
+        _pooled_panel(axes.flat[0], rows, pooled_splits or [], count, names, alexnet)
     for ax, (split, target) in zip(axes.flat[pooled:], panels, strict=False):
         base = [r["top1_kbest"] for r in rows if r["split"] == split and r["family"] == f"base{target}"]
         lo, hi = summary[(split, f"base{target}", 0)]["ci95"]
@@ -62,7 +74,7 @@ def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], ov
                     label=fam, zorder=2)
             if min(summary[(split, fam, n)]["runs"] for n in ns) >= BAND_RUNS:
                 _band(ax, [summary[(split, fam, n)]["ci95"] for n in ns], ns, color)
-        if overlay:
+        if overlay and alexnet:
             published = study.points(split, target)
             for rl in ("TnT", "TnT+", "SnT", "SnT+"):
                 pts = [p for p in published if p["role"] == rl]
@@ -70,9 +82,7 @@ def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], ov
                     ax.scatter([p["n"] for p in pts], [p["top1"] for p in pts], facecolor="none",
                                edgecolor=STYLE[rl][0], marker=STYLE[rl][1], s=60, zorder=4,
                                label=f"study {rl.replace('T', target, 2).replace('S', _other(target))}")
-        ax.set_xlim(-0.4, 7.4)
-        ax.set_xticks(range(8))
-        ax.set_xlabel("n: layers copied from the source network")
+        _n_axis(ax, names)
         ax.set_ylabel(f"top-1 on half {target} (mean of k best evaluations)")
         ax.set_title(f"{split}: target half {target}")
         ax.grid(alpha=0.3)
@@ -84,7 +94,8 @@ def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], ov
     plt.close(fig)
 
 
-def _pooled_panel(ax: Any, rows: list[dict[str, Any]], splits: list[str], count: int) -> None:
+def _pooled_panel(ax: Any, rows: list[dict[str, Any]], splits: list[str], count: int,
+                  names: tuple[str, ...] = ALEXNET_UNITS, alexnet: bool = True) -> None:
     """Every role's top-1 minus its replicate's base: mean and 95% interval over the independent units
     (split, seed), with the study's own curve (ImageNet, role mean minus the mean half base) beside it."""
     ax.axhline(0, color="#555555", lw=1, label="base (each replicate's own)")
@@ -94,17 +105,15 @@ def _pooled_panel(ax: Any, rows: list[dict[str, Any]], splits: list[str], count:
         if ns:
             ax.plot(ns, means, color=color, marker=marker, ls=ls, lw=1.8, label=rl)
             _band(ax, cis, ns, color)
-        if rl != "RnT":  # the study's random filters fall 50 points: off this scale
+        if rl != "RnT" and alexnet:  # the study's random filters fall 50 points: off this scale
             ax.scatter(list(ref[rl]), list(ref[rl].values()), facecolor="none", edgecolor=color, marker=marker,
                        s=60, zorder=4, label=f"{rl}, the study")
-    ax.set_xlim(-0.4, 7.4)
-    ax.set_xticks(range(8))
-    ax.set_xlabel("n: layers copied from the source network")
+    _n_axis(ax, names)
     ax.set_ylabel("top-1 minus the base's (mean, 95% interval)")
     targets = {r["target"] for r in rows if r["split"] in splits and r["n"] > 0}  # a source base is no target
     halves = "both halves as targets, " if len(targets) > 1 else ""
-    ax.set_title(f"pooled: {', '.join(splits)}, {halves}{count} replicate{'s' * (count != 1)} "
-                 "(hollow: the study)", fontsize=10)
+    ax.set_title(f"pooled: {', '.join(splits)}, {halves}{count} replicate{'s' * (count != 1)}"
+                 + (" (hollow: the study)" if alexnet else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left", ncol=2)
 
@@ -121,7 +130,7 @@ def _role_curve(rows: list[dict[str, Any]], splits: list[str], want: str,
     """Mean and 95% interval over the units (split, seed) of one role per n, or of role - base."""
     us = units(rows, splits)
     ns, means, cis = [], [], []
-    for n in ALL_N:
+    for n in sorted({r["n"] for r in rows if r["n"] > 0}):
         e = role_minus_base(us, want, n) if base_relative else over(us, (want,), (n,), lambda r, n=n: r[(want, n)])
         if e is not None:
             ns.append(n)
@@ -175,10 +184,11 @@ def curves_figure(rows: list[dict[str, Any]], path: Path) -> None:
     nrows = -(-len(keys) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3 * nrows), squeeze=False, sharey=True)
     cmap = plt.get_cmap("viridis")
+    top = max(r["n"] for r in rows) or 1
     for ax, (split, fam) in zip(axes.flat, keys, strict=False):
         for r in (r for r in rows if r["split"] == split and r["family"] == fam):
             ax.plot([e["epoch"] for e in r["evals"]], [e["top1"] for e in r["evals"]],
-                    color=cmap(r["n"] / 7), lw=1, label=r["network"] if r["seed"] == rows[0]["seed"] else None)
+                    color=cmap(r["n"] / top), lw=1, label=r["network"] if r["seed"] == rows[0]["seed"] else None)
         ax.set_title(f"{split}: {fam}", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, ncol=2)
@@ -211,8 +221,9 @@ def probes_figure(embeds: list[dict[str, Any]], summary: dict[tuple, dict[str, A
             ax.plot(ns, [summary[(e["split"], family, n)]["top1_kbest"] for n in ns], color="#c0392b", ls="--",
                     marker="D", label=f"{family}: layers 1..n copied and frozen, retrained on top")
     if embeds:
-        ax.set_xticks(range(1, 8), [f"{k}" for k in range(1, 8)])
-        ax.set_xlabel("layer k (probe) or n (layers copied)")
+        _n_axis(ax, tuple(L["layer"] for L in embeds[0]["layers"]) + ("head",))
+        ax.set_xlim(0.6, len(embeds[0]["layers"]) + 0.4)
+        ax.set_xlabel("unit k (probe) or n (units copied)")
         ax.set_ylabel("top-1")
         ax.set_title("Generality from features alone: a linear probe per layer")
         ax.grid(alpha=0.3)

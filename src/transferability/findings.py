@@ -10,6 +10,10 @@ is taken over units. The dissimilar-split finding compares two groups of units (
 effects are in the direction the study claims; a verdict weighs the interval against 0 and the
 smallest effect of interest, ``report.margin`` (stats.verdict).
 
+The study's n runs over AlexNet's 1..7; on another architecture the same findings are read over the
+n the experiment trains (``ns``): the middle third for the dip, the first and last n for the random
+filters, and the study's own numbers are left out (they are AlexNet's).
+
 The controls follow the study: the fine-tuning boost is judged against BnB+ (the same training
 started from the target's own features), and the budget check asks whether BnB+, retrained from its
 own base, beats that base: if it does, the bases are under-trained and the curves measure the budget.
@@ -26,8 +30,7 @@ from . import study
 from .runs import role
 from .stats import Estimate, t_interval, verdict, welch_interval
 
-MIDDLE = (3, 4, 5)  # where the study saw BnB's co-adaptation dip
-ALL_N = tuple(range(1, 8))
+ALL_N = tuple(range(1, 8))  # AlexNet's n
 TABLE1 = {"n = 1..7": ALL_N, "n = 3..7": (3, 4, 5, 6, 7), "n = 5..7": (5, 6, 7)}  # the study's Table 1 rows
 # what an under-trained base confounds: each compares a role with the base it was not trained beside
 CONFOUNDED = ("fragile co-adaptation", "fine-tuning boost over the base")
@@ -75,9 +78,18 @@ def over(us: Units, roles: tuple[str, ...], ns: tuple[int, ...], effect: Effect)
     return t_interval(values) if values else None
 
 
-def _drop(rep: Replicate) -> float:
+def middle(ns: tuple[int, ...]) -> tuple[int, ...]:
+    """The middle third of the n (AlexNet's 1..7: 3, 4, 5, where the study saw BnB's dip)."""
+    return ns[len(ns) // 3 : len(ns) - len(ns) // 3] or ns
+
+
+def _span(ns: tuple[int, ...]) -> str:
+    return f"n = {ns[0]}..{ns[-1]}" if ns == tuple(range(ns[0], ns[-1] + 1)) else f"n = {', '.join(map(str, ns))}"
+
+
+def _drop(ns: tuple[int, ...]) -> Effect:
     """How far copying frozen layers from the other half falls below the base, averaged over n."""
-    return rep[("base", 0)] - mean(rep[("SnT", n)] for n in ALL_N)
+    return lambda rep: rep[("base", 0)] - mean(rep[("SnT", n)] for n in ns)
 
 
 def role_minus_base(us: Units, want: str, n: int) -> Estimate | None:
@@ -96,11 +108,14 @@ def _judged(est: Estimate, margin: float, study_value: float | None = None, posi
 
 
 def evaluate(rows: list[dict[str, Any]], random_splits: list[str], dissimilar_splits: list[str],
-             margin: float = 0.0) -> list[dict[str, Any]]:
-    """Every finding that the runs can speak to, in the study's order."""
+             margin: float = 0.0, ns: tuple[int, ...] = ALL_N, alexnet: bool = True) -> list[dict[str, Any]]:
+    """Every finding that the runs can speak to, in the study's order, over ``ns`` (the experiment's n);
+    ``alexnet``: the study's own numbers beside ours."""
     similar = units(rows, random_splits)
     dissimilar = units(rows, dissimilar_splits)
-    ref = study.effects()
+    ref = study.effects() if alexnet else {}
+    ns = tuple(sorted(ns))
+    mid, table_rows = middle(ns), TABLE1 if alexnet and ns == ALL_N else {_span(ns): ns}
     out = []
 
     def add(name: str, claim: str, measure: str, est: Estimate | None, ver: str | None = None,
@@ -109,7 +124,7 @@ def evaluate(rows: list[dict[str, Any]], random_splits: list[str], dissimilar_sp
             out.append({"finding": name, "claim": claim, "effect": measure, "estimate": est,
                         "verdict": ver or verdict(est, margin), "study": ref.get(name), **detail})
 
-    per_n = {n: over(similar, ("TnT", "SnT"), (n,), lambda r, n=n: r[("TnT", n)] - r[("SnT", n)]) for n in ALL_N}
+    per_n = {n: over(similar, ("TnT", "SnT"), (n,), lambda r, n=n: r[("TnT", n)] - r[("SnT", n)]) for n in ns}
     per_n = {n: e for n, e in per_n.items() if e is not None}
     if per_n:
         holds = [n for n in per_n if all(verdict(per_n[m], margin) == "holds" for m in per_n if m >= n)]
@@ -119,47 +134,49 @@ def evaluate(rows: list[dict[str, Any]], random_splits: list[str], dissimilar_sp
             by_n={n: {**e.as_dict(), "verdict": verdict(e, margin)} for n, e in per_n.items()},
             starts_at=min(holds) if holds else None)
 
-    dip = over(similar, ("base", "TnT"), MIDDLE, lambda r: r[("base", 0)] - mean(r[("TnT", n)] for n in MIDDLE))
-    dip_ft = over(similar, ("base", "TnT+"), MIDDLE,
-                  lambda r: r[("base", 0)] - mean(r[("TnT+", n)] for n in MIDDLE))
+    dip = over(similar, ("base", "TnT"), mid, lambda r: r[("base", 0)] - mean(r[("TnT", n)] for n in mid))
+    dip_ft = over(similar, ("base", "TnT+"), mid, lambda r: r[("base", 0)] - mean(r[("TnT+", n)] for n in mid))
     if dip is not None and dip_ft is not None:
         frozen, tuned = verdict(dip, margin), verdict(dip_ft, margin)
         both = ("does not hold" if frozen == "does not hold" or tuned == "holds" else
                 "holds" if frozen == "holds" and tuned == "does not hold" else "inconclusive")
         add("fragile co-adaptation", "TnT (BnB) dips below the base in the middle layers; TnT+ (BnB+) does not",
-            "base - mean TnT over n = 3..5", dip, both, fine_tuned=dip_ft.as_dict(),
+            f"base - mean TnT over {_span(mid)}", dip, both, fine_tuned=dip_ft.as_dict(),
             fine_tuned_dip_verdict=tuned)
 
-    table1 = {f"{against} {label}": _judged(e, margin, study.boost(against, ns))
-              for against in ("TnT+", "base") for label, ns in TABLE1.items()
-              if (e := boost(similar, against, ns)) is not None}
+    table1 = {f"{against} {label}": _judged(e, margin, study.boost(against, part) if alexnet else None)
+              for against in ("TnT+", "base") for label, part in table_rows.items()
+              if (e := boost(similar, against, part)) is not None}
     add("fine-tuning boost", "SnT+ (AnB+) beats TnT+ (BnB+), the same training from the target's own features",
-        "mean SnT+ - TnT+ over n = 1..7", boost(similar, "TnT+", ALL_N), table1=table1)
+        f"mean SnT+ - TnT+ over {_span(ns)}", boost(similar, "TnT+", ns), table1=table1)
 
-    a = unit_values(dissimilar, ("base", "SnT"), ALL_N, _drop)
-    b = unit_values(similar, ("base", "SnT"), ALL_N, _drop)
+    a = unit_values(dissimilar, ("base", "SnT"), ns, _drop(ns))
+    b = unit_values(similar, ("base", "SnT"), ns, _drop(ns))
     if a and b:
         add("dissimilar tasks transfer worse", "SnT (AnB) drops more below the base on the dissimilar split",
-            "drop on dissimilar - drop on random splits (drop = base - mean SnT over n = 1..7)",
+            f"drop on dissimilar - drop on random splits (drop = base - mean SnT over {_span(ns)})",
             welch_interval(a, b))
 
-    add("random frozen filters", "accuracy falls with n far faster with random filters than with trained ones",
-        "(RnT(1) - RnT(7)) - (SnT(1) - SnT(7))",
-        over(similar, ("RnT", "SnT"), (1, 7),
-             lambda r: (r[("RnT", 1)] - r[("RnT", 7)]) - (r[("SnT", 1)] - r[("SnT", 7)])))
+    lo, hi = ns[0], ns[-1]
+    if hi > lo:
+        add("random frozen filters", "accuracy falls with n far faster with random filters than with trained ones",
+            f"(RnT({lo}) - RnT({hi})) - (SnT({lo}) - SnT({hi}))",
+            over(similar, ("RnT", "SnT"), (lo, hi),
+                 lambda r: (r[("RnT", lo)] - r[("RnT", hi)]) - (r[("SnT", lo)] - r[("SnT", hi)])))
     return out
 
 
-def budget_check(rows: list[dict[str, Any]], random_splits: list[str], margin: float) -> dict[str, Any] | None:
+def budget_check(rows: list[dict[str, Any]], random_splits: list[str], margin: float,
+                 ns: tuple[int, ...] = ALL_N, alexnet: bool = True) -> dict[str, Any] | None:
     """BnB+ - base at every n, pooled over units: a base on its plateau is not beaten by a network
     retrained from it (the study: within 0.9 points). The check passes where every interval lies within
     +-margin (an effect smaller than the margin, even a significant one, is no effect worth the name);
     ``warning`` says in words what it means where one does not, or is None."""
     us = units(rows, random_splits)
-    by_n = {n: e for n in ALL_N if (e := role_minus_base(us, "TnT+", n)) is not None}
+    by_n = {n: e for n in sorted(ns) if (e := role_minus_base(us, "TnT+", n)) is not None}
     if not by_n:
         return None
-    ref = study.curves()["TnT+"]
+    ref = study.curves()["TnT+"] if alexnet else {}
     entries = {n: {**e.as_dict(), "within_margin": e.low is not None and -margin <= e.low and e.high <= margin,
                    "study": ref.get(n)} for n, e in by_n.items()}
     outside = [n for n in by_n if not entries[n]["within_margin"]]

@@ -15,7 +15,7 @@ import jsonschema
 import yaml
 
 from . import runs
-from .architecture import smallest_input
+from .architecture import TIMM_ARCHS, is_alexnet, network_input, smallest_input, transferable, unit_names
 from .errors import UserError
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
@@ -80,7 +80,9 @@ def check(params: dict[str, Any], source: str = "params") -> None:
         if split["method"] == "lists" and not ("A" in split and "B" in split):
             raise UserError(f"{source}: splits.{name} uses method 'lists' and needs both 'A' and 'B'")
     if exp["variants"] and not exp["layers"]:
-        raise UserError(f"{source}: experiment.layers is empty but variants are asked for; give n in 1..7")
+        raise UserError(f"{source}: experiment.layers is empty but variants are asked for; "
+                        f"give n in 1..{transferable(params['model'])}")
+    check_model(params, source)
     th = params.get("embed", {}).get("thresholds")
     if th and not th[0] < 0 < th[1]:
         raise UserError(f"{source}: embed.thresholds must be [negative, positive] (the FNE's -0.25, 0.15), got {th}")
@@ -110,6 +112,38 @@ def check(params: dict[str, Any], source: str = "params") -> None:
                             "its variant and n to experiment.variants and .layers, or drop it")
 
 
+def check_model(params: dict[str, Any], source: str = "params") -> None:
+    """n within the architecture's units, keys that apply to its family only, pretrained bases that
+    no variant trains on, and single-layer baselines that name its units."""
+    model, exp = params["model"], params["experiment"]
+    arch, names, top = model["arch"], unit_names(params["model"]), transferable(params["model"])
+    for n in exp["layers"]:
+        if n > top:
+            raise UserError(f"{source}: experiment.layers has n = {n}, but model.arch {arch} has {top + 1} units "
+                            f"({names[0]}, {names[1]}, ..., {names[-1]}): n runs over 1..{top}")
+    timm_only = [k for k in ("input_size", "patch_size", "pretrained") if model.get(k) is not None]
+    if is_alexnet(model) and timm_only:
+        raise UserError(f"{source}: model.{timm_only[0]} is for the timm backbones "
+                        f"({', '.join(TIMM_ARCHS)}), not model.arch {arch}; remove it")
+    if not is_alexnet(model):
+        if model["init"] != "kaiming":
+            raise UserError(f"{source}: model.init {model['init']} is the AlexNet family's; {arch} takes timm's own "
+                            "initialisation: set model.init: kaiming")
+        if model.get("patch_size") is not None and TIMM_ARCHS[arch][0] != "vit":
+            raise UserError(f"{source}: model.patch_size is for the ViTs, not {arch}; remove it")
+    variants = exp["variants"] + exp["dissimilar"]["variants"]
+    for half in model.get("pretrained") or {}:
+        trains = [v for v in variants if v.endswith((half, f"{half}-ft"))]
+        if trains:
+            raise UserError(f"{source}: model.pretrained.{half} makes base{half} a weights file with its own classes, "
+                            f"but {trains[0]} is trained on half {half} against base{half}; drop those variants "
+                            f"or model.pretrained.{half}")
+    for layer in params.get("embed", {}).get("baselines", []):
+        if layer not in names[:-1]:
+            raise UserError(f"{source}: embed.baselines names {layer}, which is not a unit of {arch} below its "
+                            f"classifier ({', '.join(names[:-1])})")
+
+
 def image_side(dataset: dict[str, Any]) -> int:
     """The side of the stored images: Fashion-MNIST's 28, or the square an image folder is resized to."""
     return FASHION_MNIST_SIDE if dataset["source"] == "fashion_mnist" else dataset["image_size"]
@@ -124,7 +158,7 @@ def check_inputs(params: dict[str, Any], source: str = "params") -> None:
     if crop and crop > side:
         raise UserError(f"{source}: train.crop is {crop} but the {stored}; set train.crop to at most {side}, "
                         "or null for no crop")
-    size, least = crop or side, smallest_input(params["model"])
+    size, least = network_input(params["model"], crop or side), smallest_input(params["model"])
     if size < least:
         given = f"train.crop is {crop}" if crop else f"the {stored}"
         raise UserError(f"{source}: model.arch {arch} takes inputs of at least {least}x{least}, but {given}; "

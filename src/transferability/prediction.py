@@ -31,7 +31,6 @@ from . import estimators, runs
 from .atomic import atomic_path, write_json, write_text
 from .embedding import columns, fne_accuracy
 from .errors import UserError
-from .models import LAYER_NAMES
 from .runs import OTHER_HALF, FeatureJob, Network
 from .stats import t_interval
 from .training import versions
@@ -70,7 +69,8 @@ class Dump:
             raise UserError(f"the feature dump in {folder} has files of different lengths: {again}")
 
     def layer(self, n: int, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.features[rows][:, columns(self.index, LAYER_NAMES[n - 1])], dtype=np.float32)
+        """Unit n's columns (the index lists the units in order, whatever the architecture calls them)."""
+        return np.asarray(self.features[rows][:, columns(self.index, self.index[n - 1]["layer"])], dtype=np.float32)
 
 
 def training_rows(dump: Dump, max_images: int | None, seed: int) -> np.ndarray:

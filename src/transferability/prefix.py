@@ -22,16 +22,19 @@ import torch
 from torch import nn
 
 from .data import LEAST_BATCH, HalfData, chunks, make_batch, to_device
-from .models import AlexNetFamily
+from .models import UnitNet
 
 MODES = ("full", "no_grad", "cache")
 
 
-def _flat(net: AlexNetFamily) -> list[tuple[int, nn.Module]]:
-    return [(k, m) for k in range(1, 9) for m in net.layer(k)]
+def _flat(net: UnitNet) -> list[tuple[int, nn.Module]]:
+    """Every unit's top-level modules in order (a unit that is not a Sequential is one module: a
+    residual or transformer block, whose inner dropout is off in our backbones)."""
+    return [(k, m) for k in range(1, net.num_units + 1)
+            for m in (net.layer(k) if isinstance(net.layer(k), nn.Sequential) else [net.layer(k)])]
 
 
-def split_prefix(net: AlexNetFamily, n: int) -> tuple[nn.Sequential, nn.Sequential]:
+def split_prefix(net: UnitNet, n: int) -> tuple[nn.Sequential, nn.Sequential]:
     """The deterministic head of layers 1..n (up to the first dropout) and the modules after it."""
     flat = _flat(net)
     cut = 0
@@ -73,7 +76,7 @@ def _head_outputs(head: nn.Module, x: torch.Tensor, data: HalfData, flip: bool, 
     return torch.cat(out)
 
 
-def cache_bytes(net: AlexNetFamily, data: HalfData, mirror: bool) -> int:
+def cache_bytes(net: UnitNet, data: HalfData, mirror: bool) -> int:
     """Memory the cache would take: the head's output size times every training view and test image."""
     head, _ = split_prefix(net, max(net.frozen))
     with torch.no_grad():
@@ -81,7 +84,7 @@ def cache_bytes(net: AlexNetFamily, data: HalfData, mirror: bool) -> int:
     return 4 * per_image * ((2 if mirror else 1) * len(data.x_train) + len(data.x_test))
 
 
-def cacheable(net: AlexNetFamily, data: HalfData, train: dict[str, Any], compute: dict[str, Any]) -> bool:
+def cacheable(net: UnitNet, data: HalfData, train: dict[str, Any], compute: dict[str, Any]) -> bool:
     """True when layers are frozen, their input is one of a finite set of views and the cache fits.
 
     An epoch whose last batch is smaller than LEAST_BATCH is not cached: its images could take
@@ -92,7 +95,7 @@ def cacheable(net: AlexNetFamily, data: HalfData, train: dict[str, Any], compute
     return cache_bytes(net, data, train.get("mirror", False)) <= compute.get("prefix_cache_gb", 4) * 2**30
 
 
-def build_cache(net: AlexNetFamily, data: HalfData, mirror: bool, channels_last: bool,
+def build_cache(net: UnitNet, data: HalfData, mirror: bool, channels_last: bool,
                 batch: int) -> PrefixCache:
     """Run the frozen head once over every view of the training images and over the test images."""
     head, rest = split_prefix(net, max(net.frozen))

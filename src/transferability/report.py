@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import runs
+from .architecture import is_alexnet, unit_names
 from .atomic import write_json, write_text
 from .errors import UserError
 from .figures import curves_figure, figure2, findings_figures, probes_figure
@@ -32,6 +33,8 @@ def collect(params: dict[str, Any]) -> list[dict[str, Any]]:
         if not f.exists():
             raise UserError(f"{f} is missing: train {net.name} ({net.split}, seed {net.seed}) first")
         m = json.loads(f.read_text())
+        if m.get("pretrained"):  # a weights file (model.pretrained): its own classes, no top-1 on ours
+            continue
         t = json.loads(net.file("timing.json").read_text())
         rows.append({"split": net.split, "seed": net.seed, "network": net.name, "family": net.family,
                      "n": net.n or 0, "source": net.source or "", "target": net.target,
@@ -146,7 +149,9 @@ def intro(params: dict[str, Any], networks: int) -> str:
     dis = exp["dissimilar"]
     control = (f"; the dissimilar-task control on {_listed('split', dis['splits'])}, {_listed('seed', dis['seeds'])}"
                if dis["splits"] else "")
-    return (f"{networks} networks on {params['dataset']['name']} ({params['model']['arch']} model): "
+    units = unit_names(params["model"])
+    return (f"{networks} networks on {params['dataset']['name']} ({params['model']['arch']} model, "
+            f"{len(units)} units: {units[0]} ... {units[-1]}): "
             f"{_listed('split', exp['splits'])}, {_listed('seed', exp['seeds'])}{control}; "
             f"{params['train']['epochs']} epochs for every network. Accuracy is the study's metric: the mean "
             f"of the {params['evaluate']['k_best']} best of the test evaluations made during training.")
@@ -176,8 +181,10 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
     random_splits = [sp for sp in used if params["splits"][sp]["method"] == "random"] or used
     dissimilar_splits = params["experiment"]["dissimilar"]["splits"]
     margin = params["report"]["margin"]
-    found = evaluate(rows, random_splits, dissimilar_splits, margin)
-    check = budget_check(rows, random_splits, margin)
+    names, alexnet = unit_names(params["model"]), is_alexnet(params["model"])
+    ns = tuple(sorted(params["experiment"]["layers"]))
+    found = evaluate(rows, random_splits, dissimilar_splits, margin, ns, alexnet)
+    check = budget_check(rows, random_splits, margin, ns, alexnet)
     write_text(out / "findings.md", findings_markdown(found, check))
     findings_figures(rows, random_splits, dissimilar_splits, out)
     metrics = metrics_json(summary, decomp, rows, params)
@@ -196,7 +203,8 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
         w.writeheader()
         w.writerows(r["evals"])
         write_text(Path(runs.REPORT_CURVES) / f"{r['split']}-seed{r['seed']}-{r['slug']}.csv", buf.getvalue())
-    figure2(rows, summary, params["report"].get("overlay_study", False), out / "figure2.png", random_splits)
+    figure2(rows, summary, params["report"].get("overlay_study", False), out / "figure2.png", random_splits,
+            names, alexnet)
     curves_figure(rows, out / "curves.png")
     boost = boost_table(found)
     warn = ' class="warning"' if check and not check["passes"] else ""

@@ -38,10 +38,11 @@ OTHER_HALF = {"A": "B", "B": "A"}
 BASE_RE = re.compile(r"^base(?P<tgt>[AB])$")
 TRANSFER_RE = re.compile(r"^(?P<src>[ABR])n(?P<tgt>[AB])(?P<ft>-ft)?$")
 TORCHVISION_PREFIX = "tv-"  # a torchvision model as feature extractor, e.g. tv-alexnet
-SLUG_RE = re.compile(r"^(?P<src>[ABR])(?P<n>[1-7])(?P<tgt>[AB])(?P<ft>-ft)?$")
+SLUG_RE = re.compile(r"^(?P<src>[ABR])(?P<n>[1-9][0-9]*)(?P<tgt>[AB])(?P<ft>-ft)?$")
 # Snakemake wildcard constraints, so a base's folder can never be mistaken for a transfer's.
-WILDCARDS = {"variant_base": r"base[AB]", "variant_transfer": r"[ABR]n[AB](-ft)?", "n": r"[1-7]",
-             "seed": r"\d+", "split": r"[A-Za-z0-9_]+", "network": r"base[AB]|[ABR][1-7][AB](-ft)?|tv-alexnet",
+WILDCARDS = {"variant_base": r"base[AB]", "variant_transfer": r"[ABR]n[AB](-ft)?", "n": r"[1-9][0-9]*",
+             "seed": r"\d+", "split": r"[A-Za-z0-9_]+",
+             "network": r"base[AB]|[ABR][1-9][0-9]*[AB](-ft)?|tv-alexnet",
     "target": r"[AB]|digits"}
 
 
@@ -64,8 +65,8 @@ class Network:
                     f"unknown variant '{self.variant}'; allowed: baseA, baseB, or XnY[-ft] with "
                     "X in A, B, R and Y in A, B (e.g. AnB-ft)"
                 )
-            if self.n is None or not 1 <= self.n <= 7:
-                raise UserError(f"variant '{self.variant}' needs n in 1..7, got {self.n}")
+            if self.n is None or self.n < 1:  # the top is the architecture's (params.check, stages)
+                raise UserError(f"variant '{self.variant}' needs n of 1 or more, got {self.n}")
             if self.variant.startswith("R") and self.variant.endswith("-ft"):
                 raise UserError("RnX-ft is not a variant: random filters fine-tuned are a base")
 

@@ -19,6 +19,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from . import checkpoints, progress, runs
+from .architecture import transferable
 from .atomic import atomic_dir, atomic_path, ensure_writable, write_json, write_text
 from .data import Rows, half_data, input_size, normalisation
 from .devices import setup
@@ -30,9 +31,9 @@ from .features import (
     Target,
     digits,
     extract,
-    family_taps,
     load_torchvision,
     torchvision_alexnet_taps,
+    unit_taps,
 )
 from .models import build_model
 from .params import digest, source_digest
@@ -131,6 +132,11 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
 def _train_held(params: dict[str, Any], network: Network) -> Network:
     split_name, seed = network.split, network.seed
     compute = params["compute"]
+    if network.n is not None and network.n > (top := transferable(params["model"])):
+        raise UserError(f"{network.name}: model.arch {params['model']['arch']} has {top + 1} units; n runs over "
+                        f"1..{top}")
+    if network.is_base and network.target in (params["model"].get("pretrained") or {}):
+        return _import_pretrained(params, network)
     device = setup(compute)
     source_state, source_sha = None, None
     if (base := network.source_base) is not None:
@@ -185,6 +191,30 @@ def _train_held(params: dict[str, Any], network: Network) -> Network:
     return network
 
 
+def _import_pretrained(params: dict[str, Any], network: Network) -> Network:
+    """A base that is a weights file on disk (model.pretrained): its units as model.pt, nothing trained.
+    Its metrics say where it came from; it has no top-1 on our halves (its classifier is the file's)."""
+    from .backbones import load_pretrained
+
+    weights = Path(params["model"]["pretrained"][network.target])
+    store = load_store(runs.prepared_path(params))
+    c, side = store.images["train"].shape[1], input_size(store.images["train"].shape[-1], params["train"].get("crop"))
+    net = load_pretrained(params["model"], weights, c, side)
+    with atomic_path(network.file("model.pt")) as tmp, open(tmp, "wb") as f:
+        torch.save(net.state_dict(), f)
+    write_text(network.file("curve.csv"), curve_csv([]))
+    write_json(network.file("timing.json"), {"wall_time_s": 0.0, "images_per_s": 0.0, "pretrained": True})
+    sha = sha256_file(weights)
+    write_json(network.file("metrics.json"), {
+        "network": network.name, "slug": network.slug, "variant": network.variant, "family": network.family,
+        "n": None, "target": network.target, "pretrained": {"file": str(weights), "sha256": sha},
+        "classes": classes(net.state_dict()),
+        "top1": None, "top1_kbest": None, "model": params["model"], "versions": versions()})
+    print(f"{network.name} [{network.split} seed {network.seed}]: the weights in {weights} "
+          f"({sha[:12]}), {net.num_units} units", file=sys.stderr)
+    return network
+
+
 def half_target(store: Any, split_data: dict[str, Any], half: str, params: dict[str, Any]) -> Target:
     """A half of the dataset as an embedding target: the training subset the networks use, and the test set."""
     data = half_data(store, split_data, half, params["train"].get("images_per_class"),
@@ -200,11 +230,17 @@ def load_trained(params: dict[str, Any], network: Network, store: Any, split_dat
     if not model_file.exists():
         raise UserError(f"{model_file} is missing: train {network.name} ({network.split}, seed {network.seed}) first")
     c, size = store.images["train"].shape[1], store.images["train"].shape[-1]
-    net = build_model(params["model"], c, len(split_data[network.target]["indices"]),
-                      input_size(size, params["train"].get("crop")), seed=0,
+    state = checkpoints.load_weights(model_file, f"delete it and train {network.name} again")
+    net = build_model(params["model"], c, classes(state), input_size(size, params["train"].get("crop")), seed=0,
                       fast_lrn=params["compute"].get("fast_lrn", True))
-    net.load_state_dict(checkpoints.load_weights(model_file, f"delete it and train {network.name} again"))
+    net.load_state_dict(state)
     return net
+
+
+def classes(state: dict[str, torch.Tensor]) -> int:
+    """How many classes a network's state dict predicts: its classifier's bias comes last (every family);
+    a pretrained base predicts the file's classes, not a half's."""
+    return state[list(state)[-1]].shape[0]
 
 
 def extractor(params: dict[str, Any], job: FeatureJob, store: Any,
@@ -217,13 +253,13 @@ def extractor(params: dict[str, Any], job: FeatureJob, store: Any,
             (3, TORCHVISION_SIDE), weights
     net = load_trained(params, job.trained, store, split_data)
     mean, std = normalisation(store, params["train"].get("normalise", "mean_std"))
-    return net, family_taps(net, list(range(1, 9))), mean, std, None, job.trained.file("model.pt")
+    return net, unit_taps(net), mean, std, None, job.trained.file("model.pt")
 
 
 def features(params: dict[str, Any], split_name: str, seed: int, network: str, target: str) -> Path:
-    """Dump every layer's activations of a network on a target (eval mode, CPU), in resumable shards:
-    layers 1..7 in features.npy, and the classifier's logits over the source's own classes (fc8) apart in
-    logits.npy, for the estimators that read the source's predictions (LEEP, NCE)."""
+    """Dump every unit's activations of a network on a target (eval mode, CPU), in resumable shards:
+    units 1..L-1 in features.npy, and the classifier's logits over the source's own classes (fc8, the
+    head) apart in logits.npy, for the estimators that read the source's predictions (LEEP, NCE)."""
     job = FeatureJob(split_name, seed, network, target)
     torch.set_num_threads(params["compute"]["threads"])
     store = load_store(runs.prepared_path(params))

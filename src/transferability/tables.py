@@ -37,7 +37,7 @@ def decomposition(summary: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
     for split, target in sorted({(k[0], v["target"]) for k, v in summary.items()}):
         other = "A" if target == "B" else "B"
         base = summary.get((split, f"base{target}", 0))
-        for n in range(1, 8):
+        for n in sorted({k[2] for k in summary if k[2] > 0}):
             self_, other_, other_ft = (_acc(summary, split, family, n) for family in
                                        (f"{target}n{target}", f"{other}n{target}", f"{other}n{target}+"))
             if self_ is None and other_ is None and other_ft is None:
@@ -105,12 +105,13 @@ def html_table(header: list[str], table: list[list[Any]]) -> str:
 
 
 def variant_table(summary: dict[tuple, dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """Rows: split and variant; columns: n = 0 (bases) and 1..7."""
-    header = ["split", "variant"] + [f"n={n}" for n in range(8)]
+    """Rows: split and variant; columns: n = 0 (bases) and every n trained."""
+    ns = sorted({0} | {k[2] for k in summary})
+    header = ["split", "variant"] + [f"n={n}" for n in ns]
     table = []
     keys = sorted({(k[0], k[1]) for k in summary}, key=lambda k: (k[0], not k[1].startswith("base"), k[1]))
     for split, fam in keys:
-        row = [split, fam] + [summary.get((split, fam, n), {}).get("top1_kbest") for n in range(8)]
+        row = [split, fam] + [summary.get((split, fam, n), {}).get("top1_kbest") for n in ns]
         table.append(row)
     return header, table
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from . import __version__, checkpoints, progress
 from .data import HalfData, batches, chunks, make_batch, to_device
-from .models import LAYER_NAMES, AlexNetFamily
+from .models import UnitNet
 from .prefix import PrefixCache, build_cache, cacheable
 from .sgd import SGD
 
@@ -58,9 +58,9 @@ def lr_at(step: int, total: int, train: dict[str, Any]) -> float:
     return train["lr"] * train["lr_decay"] ** passed
 
 
-def make_optimizer(net: AlexNetFamily, train: dict[str, Any]) -> SGD:
+def make_optimizer(net: UnitNet, train: dict[str, Any]) -> SGD:
     """SGD over trainable parameters only: frozen layers get no update and no weight decay."""
-    frozen = tuple(f"layers.{LAYER_NAMES[k - 1]}." for k in net.frozen)
+    frozen = tuple(f"layers.{net.key(k)}." for k in net.frozen)
     params = [(n, p) for n, p in net.named_parameters() if not n.startswith(frozen)]
     weights = [p for n, p in params if not n.endswith("bias")]
     biases = [p for n, p in params if n.endswith("bias")]
@@ -135,7 +135,7 @@ def k_best(evals: list[dict[str, Any]], k: int) -> float:
     return sum(best) / len(best)
 
 
-def train(net: AlexNetFamily, data: HalfData, params: dict[str, Any], seed: int,
+def train(net: UnitNet, data: HalfData, params: dict[str, Any], seed: int,
           checkpoint: Path, tag: str, label: str) -> dict[str, Any]:
     """Train ``net`` on ``data`` under params' schedule; return the results and timing."""
     tr, ev, compute = params["train"], params["evaluate"], params["compute"]

@@ -1,12 +1,13 @@
-"""Transfer surgery: copy layers 1..n from a source base, re-initialise the rest, freeze or not.
+"""Transfer surgery: copy units 1..n from a source base, re-initialise the rest, freeze or not.
 
-A transfer network starts as a fresh network built with its own seed (so layers n+1..8 are
-initialised exactly as a new network's would be); layers 1..n are then overwritten with the
-source base's weights (AnB, BnB) or kept random (RnB, the random-filter control). Frozen layers
-are listed in ``net.frozen`` and left out of the optimizer: no update, no weight decay. With
-``stop_grad`` (every mode but the ``full`` reference, see prefix.py) they also get
-``requires_grad=False``, so autograd never runs backward through them. Dropout in frozen fc6/fc7
-still acts, as in Caffe.
+A transfer network starts as a fresh network built with its own seed (so units n+1..L are
+initialised exactly as a new network's would be, by our AlexNet init or by timm's own); units 1..n
+are then overwritten with the source base's weights (AnB, BnB), BatchNorm running statistics
+included, or kept random (RnB, the random-filter control). Frozen units are listed in ``net.frozen``
+and left out of the optimizer: no update, no weight decay; their BatchNorm layers stay in eval mode,
+so the source's running statistics are kept bit for bit (models.UnitNet.train). With ``stop_grad``
+(every mode but the ``full`` reference, see prefix.py) they also get ``requires_grad=False``, so
+autograd never runs backward through them. Dropout in frozen fc6/fc7 still acts, as in Caffe.
 """
 
 from __future__ import annotations
@@ -15,18 +16,19 @@ from typing import Any
 
 import torch
 
-from .models import LAYER_NAMES, AlexNetFamily, build_model
+from .models import UnitNet, build_model
 from .runs import Network
 
 
-def layer_prefix(k: int) -> str:
-    return f"layers.{LAYER_NAMES[k - 1]}."
+def layer_prefix(net: UnitNet, k: int) -> str:
+    """Unit k's keys in a state dict start with this."""
+    return f"layers.{net.key(k)}."
 
 
-def copy_layers(net: AlexNetFamily, source_state: dict[str, torch.Tensor], n: int) -> None:
-    """Overwrite layers 1..n of ``net`` with the matching tensors of a base's state dict."""
+def copy_layers(net: UnitNet, source_state: dict[str, torch.Tensor], n: int) -> None:
+    """Overwrite units 1..n of ``net`` with the matching tensors of a base's state dict."""
     own = net.state_dict()
-    prefixes = tuple(layer_prefix(k) for k in range(1, n + 1))
+    prefixes = tuple(layer_prefix(net, k) for k in range(1, n + 1))
     copied = {k: v for k, v in source_state.items() if k.startswith(prefixes)}
     for key, value in copied.items():
         if own[key].shape != value.shape:
@@ -35,8 +37,9 @@ def copy_layers(net: AlexNetFamily, source_state: dict[str, torch.Tensor], n: in
     net.load_state_dict(own)
 
 
-def freeze_layers(net: AlexNetFamily, layers: list[int], stop_grad: bool = True) -> None:
+def freeze_layers(net: UnitNet, layers: list[int], stop_grad: bool = True) -> None:
     net.frozen = tuple(layers)
+    net.train(net.training)  # their BatchNorm to eval mode
     for k in layers:
         for p in net.layer(k).parameters():
             p.requires_grad_(not stop_grad)
@@ -45,7 +48,7 @@ def freeze_layers(net: AlexNetFamily, layers: list[int], stop_grad: bool = True)
 def make_network(network: Network, model: dict[str, Any], in_channels: int, num_classes: int,
                  input_size: int, seed: int,
                  source_state: dict[str, torch.Tensor] | None = None, stop_grad: bool = True,
-                 fast_lrn: bool = True) -> AlexNetFamily:
+                 fast_lrn: bool = True) -> UnitNet:
     """The network to train for ``network``: fresh, then copied layers, then frozen layers."""
     net = build_model(model, in_channels, num_classes, input_size, seed, fast_lrn)
     if network.source in ("A", "B"):
