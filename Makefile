@@ -45,10 +45,16 @@ $(BROWSER):
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-dejavu-core
 
+# PARAMS=workflow/params/<profile>.yaml runs a profile instead (DVC's record is params.yaml's alone).
 run: setup
+ifdef PARAMS
+	snakemake --configfile $(PARAMS) --cores $(CORES)
+	@echo "report: reports/index.html ($(PARAMS))"
+else
 	snakemake --cores $(CORES)
 	dvc commit --force --quiet
 	@echo "report: reports/index.html (dvc status: $$(dvc status -q && echo clean || echo changed))"
+endif
 
 test: setup test-tools
 	pytest

@@ -102,6 +102,14 @@ def test_surgery_copies_freezes_and_reinitialises_units(backbone_params, family)
         stats = [name for name in before["AnB"][1] if name.endswith("running_mean")]
         assert stats, "the stem's BatchNorm statistics are part of the copied unit"
 
+    rnb = Network("random0", 0, "RnB", n)  # the random-filter control: its own fresh units 1..n, kept
+    own = make_network(rnb, backbone_params["model"], 1, 5, 28, seed=stages.run_seed(rnb))
+    stages.train_network(backbone_params, "random0", 0, "RnB", n)
+    after = torch.load(f"data/runs/random0/seed0/RnB/n{n}/model.pt", weights_only=True)
+    for k in range(1, net.num_units + 1):
+        want = unit_state(own, k)
+        assert same({name: after[name] for name in want}, want) == (k <= n), f"unit {k} of R{n}B"
+
 
 @pytest.mark.usefixtures("workspace")
 def test_every_frozen_prefix_mode_writes_the_same_bytes(tmp_path, backbone_params, family):

@@ -193,6 +193,18 @@ def test_the_two_dags_agree(tmp_path):
                                                       "estimate": 1, "estimators": None, "report": None}
 
 
+def test_the_resnet_profile_plans_the_same_commands_in_both_dags(tmp_path):
+    """As its header says: Snakemake given the profile with --configfile, DVC reading it copied over params.yaml;
+    n runs over the ResNet-18's 1..9."""
+    rel = "workflow/params/resnet.yaml"
+    ws = make_workspace(tmp_path / "ws", ROOT / rel)
+    jobs = snakemake_jobs(ws, "--configfile", rel)
+    dry = sh(["dvc", "repro", "--dry", "--force"], ws).stdout
+    assert sorted(stage_command(c) for c in re.findall(r"^> (.*)$", dry, re.M)) == sorted(j["cmd"] for j in jobs)
+    transfer = {j["cmd"] for j in jobs if j["rule"] == "train_transfer"}
+    assert len(transfer) == 4 * 9 and "transferability train --split random0 --seed 0 --variant AnB --n 9" in transfer
+
+
 def test_snakemake_jobs_take_the_threads_snakemake_gives_them(tmp_path):
     params = yaml.safe_load(SMOKE.read_text())
     params["compute"]["threads"] = 2

@@ -56,6 +56,12 @@ wildcard_constraints:
     target=runs.WILDCARDS["target"],
 
 
+def pretrained_weights(wildcards):
+    """A base that is a weights file on disk (model.pretrained): the file, so a new one re-imports it."""
+    weights = (P["model"].get("pretrained") or {}).get(wildcards.variant[-1])
+    return [weights] if weights else []
+
+
 def source_fingerprint(wildcards):
     """prepare's `params:` value: the dataset's files by path, size and mtime, so a changed source
     re-runs prepare and all that follows (sources.fingerprint: stats only, no reads)."""

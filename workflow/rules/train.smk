@@ -6,6 +6,7 @@ rule train_base:
     input:
         STORE_MANIFEST,
         runs.SPLIT,
+        pretrained_weights,
     output:
         BASE_OUTPUTS,
     log:
