@@ -157,7 +157,8 @@ def plot(lad: dict[str, Any], rows: list[dict[str, Any]], ns: list[int], path: P
     plt.close(fig)
 
 
-def markdown(rows: list[dict[str, Any]], ns: list[int], params: dict[str, Any], units: list, cmd: str) -> str:
+def markdown(rows: list[dict[str, Any]], ns: list[int], params: dict[str, Any], units: list, cmd: str,
+             png: str = "convergence.png") -> str:
     def f(v: float | None, sign: bool = False) -> str:
         return "" if v is None else f"{v:+.4f}" if sign else f"{v:.4f}"
 
@@ -168,7 +169,8 @@ def markdown(rows: list[dict[str, Any]], ns: list[int], params: dict[str, Any], 
         f"Made by `{cmd}`: the bases of {len(units)} units ({', '.join(f'{s} seed {d}' for s, d in units)}) and "
         f"BnB+ at n = {', '.join(map(str, ns))}, trained on every budget below with the params' schedule "
         f"(batch {tr['batch_size']}, lr {tr['lr']} x {tr['lr_decay']} at {tr['lr_steps']} of the budget, "
-        f"{tr['images_per_class']} images per class, width {params['model'].get('width')}). Top-1 is the study's "
+        f"{tr['images_per_class']} images per class, {params['model']['arch']} of width "
+        f"{params['model'].get('width')}). Top-1 is the study's "
         "metric (mean of the k best evaluations), averaged over the units. A base is on its plateau when doubling "
         f"its budget moves it by less than {PLATEAU * 100:.1f} points.",
         "",
@@ -182,7 +184,7 @@ def markdown(rows: list[dict[str, Any]], ns: list[int], params: dict[str, Any], 
                      f"{f(r['bases move when doubled'], True)}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
                      + " | "
                      + " | ".join(f(r[f'BnB+{n} - baseB'], True) for n in ns) + f" | {r['base_s']:.0f} |")
-    lines += ["", "![convergence ladder](convergence.png)", ""]
+    lines += ["", f"![convergence ladder]({png})", ""]
     return "\n".join(lines)
 
 
@@ -216,12 +218,16 @@ def main() -> None:
            + [r[f"BnB+{n} - baseB"] for n in args.n] + [r["base_s"]] for r in rows])
     save("convergence", {"ladder": lad, "summary": rows, "units": units, "n": args.n}, params, args)
     if args.docs:
+        default = Path(args.params).resolve() == ROOT / "params.yaml"
+        stem = "convergence" if default else f"convergence-{Path(args.params).stem}"  # a profile's beside it
         docs = ROOT / "docs"
-        plot(lad, rows, args.n, docs / "convergence.png")
-        cmd = "python benchmarks/convergence.py --docs" + ("" if args.params == str(ROOT / "params.yaml")
-                                                            else f" --params {args.params}")
-        write_text(docs / "convergence.md", markdown(rows, args.n, params, units, cmd))
-        print(f"-> {docs / 'convergence.md'}")
+        plot(lad, rows, args.n, docs / f"{stem}.png")
+        cmd = " ".join(["python benchmarks/convergence.py --docs"] + ([] if default else [
+            f"--params {Path(args.params).resolve().relative_to(ROOT)}"]) + [
+            f"--budgets {' '.join(f'{b:g}' for b in args.budgets)}", f"--units {args.units}",
+            f"--n {' '.join(map(str, args.n))}"])
+        write_text(docs / f"{stem}.md", markdown(rows, args.n, params, units, cmd, f"{stem}.png"))
+        print(f"-> {docs / f'{stem}.md'}")
 
 
 if __name__ == "__main__":

@@ -205,6 +205,16 @@ def test_the_resnet_profile_plans_the_same_commands_in_both_dags(tmp_path):
     assert len(transfer) == 4 * 9 and "transferability train --split random0 --seed 0 --variant AnB --n 9" in transfer
 
 
+def test_make_run_with_a_profile_runs_snakemake_on_it():
+    """The README's `make run PARAMS=workflow/params/resnet.yaml`, as typed but dry (make -n): set-up, then
+    Snakemake given the profile; no `dvc commit`, whose record is params.yaml's."""
+    line = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("make run PARAMS="))
+    command = line.split("#")[0].split()
+    proc = sh(["make", "-n", *command[1:]], ROOT)
+    assert "snakemake --configfile workflow/params/resnet.yaml --cores all" in proc.stdout.splitlines()
+    assert "dvc commit" not in proc.stdout
+
+
 def test_snakemake_jobs_take_the_threads_snakemake_gives_them(tmp_path):
     params = yaml.safe_load(SMOKE.read_text())
     params["compute"]["threads"] = 2
