@@ -54,8 +54,10 @@ def backbone_params(params, family):
     return validate(params)
 
 
-def test_units_run_timms_forward_bit_for_bit(family):
-    model = FAMILIES[family]
+@pytest.mark.parametrize("model", [*FAMILIES.values(), {"arch": "resnet50", "width": 0.125},
+                                   {"arch": "vit_small_patch16_224", "patch_size": 14}], ids=lambda m: m["arch"])
+def test_units_run_timms_forward_bit_for_bit(model):
+    model = {"init": "kaiming", "dropout": 0.0, **model}
     torch.manual_seed(0)
     net = build_backbone(model, 1, 5, 28)
     torch.manual_seed(0)
