@@ -185,3 +185,19 @@ def test_features_tap_every_unit_by_name(family):
     else:
         assert widths["layer4.1"] == 64  # 512 channels x 0.125, pooled
     assert widths[unit_names(model)[-1]] == 5 and x.shape == (6, sum(widths.values()))
+
+
+def test_memory_requests_count_the_backbone_as_built(family):
+    """Slurm's mem_mb for a backbone job: its parameters and the frozen head's output, as the real network has them."""
+    from transferability.memory import _shapes
+    from transferability.prefix import split_prefix
+
+    model = FAMILIES[family]
+    shapes = _shapes(model, 1, 28, 5, N[family])
+    net = build_backbone(model, 1, 5, 28).eval()
+    assert shapes["params"] == sum(p.numel() for p in net.parameters())
+    with torch.no_grad():
+        assert shapes["head"] == split_prefix(net, N[family])[0](torch.zeros(1, 1, 28, 28))[0].numel()
+    assert shapes["width"] == sum(t.shape[1] for t in [extract(net, unit_taps(net, list(range(1, net.num_units))),
+                                                                torch.zeros(1, 1, 28, 28, dtype=torch.uint8).numpy(),
+                                                                [0.0], [1.0], 1)[0]])
