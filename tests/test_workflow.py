@@ -278,6 +278,17 @@ def test_snakemake_lint_is_clean(tmp_path):
     assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
+def test_tradeoff_table_on_the_finished_smoke_run(snakemake_ws, tmp_path):
+    """benchmarks/tradeoff.py in a finished run's folder: one random unit, so one row, every finding
+    inconclusive, and the whole run's minutes (the subset keeps all of its training CPU time)."""
+    out = tmp_path / "tradeoff.json"
+    sh([sys.executable, str(ROOT / "benchmarks" / "tradeoff.py"), "--params", str(SMOKE), "--run", ".",
+        "--setup-min", "2", "--snakemake-min", "3", "--out", str(out)], snakemake_ws)
+    (row,) = json.loads(out.read_text())["figures"]["rows"]
+    assert row == {"units": 1, "subsets": 1, "networks": NETWORKS, "minutes": 5.0, "inconclusive_mean": 5,
+                   "inconclusive_max": 5, "budget_outside_mean": 7}
+
+
 def test_embedding_benchmark_on_the_workflows_dumps(snakemake_ws, tmp_path):
     out = tmp_path / "embedding.json"
     sh([sys.executable, str(ROOT / "benchmarks" / "embedding.py"), "--quick", "--params", str(SMOKE),
