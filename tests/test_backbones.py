@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -155,6 +156,9 @@ def test_a_pretrained_base_from_a_file_loads_and_transfers(tmp_path, backbone_pa
     for k in range(1, n + 1):
         want = unit_state(expected, k)
         assert want and same({name: after[name] for name in want}, want), f"unit {k} is not the file's"
+
+    dest = stages.features(backbone_params, "random0", 0, "baseA", "B")  # the estimators' source dump
+    assert np.load(dest / "logits.npy").shape[1] == 10  # the file's own classes, for LEEP and NCE
 
     weights.unlink()
     (tmp_path / "data/runs/random0/seed0/baseA/metrics.json").unlink()

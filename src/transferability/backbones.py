@@ -23,7 +23,7 @@ from typing import Any
 
 import timm
 import torch
-from timm.models import adapt_input_conv
+from timm.models import adapt_input_conv, get_pretrained_cfg
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -133,8 +133,8 @@ def load_pretrained(model: dict[str, Any], weights: str | Path, in_channels: int
     else:
         state = load_weights(path, fix)
     state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-    probe = timm.create_model(model["arch"], pretrained=False)
-    first, classifier = probe.pretrained_cfg["first_conv"], probe.pretrained_cfg["classifier"]
+    cfg = get_pretrained_cfg(model["arch"])  # timm's record of the first conv and the classifier
+    first, classifier = cfg.first_conv, cfg.classifier
     if f"{classifier}.weight" not in state or f"{first}.weight" not in state:
         raise UserError(f"{path} is not a {model['arch']} state dict (no {classifier}.weight or {first}.weight)")
     state[f"{first}.weight"] = adapt_input_conv(in_channels, state[f"{first}.weight"])
