@@ -118,6 +118,8 @@ def test_the_budget_check_fires_on_under_trained_bases_and_stays_silent_on_conve
     under = budget_check(runs(4, ft_gain=0.03), ["random0"], 0.01)
     assert not under["passes"] and "look under-trained" in under["warning"]
     assert "fragile co-adaptation" in under["warning"] and "fine-tuning boost over the base" in under["warning"]
+    # what to do: train longer, or, where doubling no longer moves the base, add replicates
+    assert "Train longer (train.epochs)" in under["warning"] and "more replicates" in under["warning"]
     assert all(not e["within_margin"] and e["ci95"][0] > 0 for e in under["by_n"].values())
     assert under["by_n"][4]["study"] == pytest.approx(0.0036, abs=1e-4)  # the study's BnB+ - base at n = 4
     converged = budget_check(runs(4, ft_gain=0.0, noise=0.001), ["random0"], 0.01)

@@ -190,7 +190,9 @@ def budget_check(rows: list[dict[str, Any]], random_splits: list[str], margin: f
         warning = (f"the bases look under-trained: BnB+ (retrained from its own base) beats the base at "
                    f"n = {', '.join(map(str, above))} (by {by_n[worst].mean:+.4f} at n = {worst}), so the curves "
                    f"measure the training budget as well as transfer; this confounds: {', '.join(CONFOUNDED)}. "
-                   "Train longer (train.epochs) until doubling the budget no longer moves the base.")
+                   "Train longer (train.epochs) until doubling the budget no longer moves the base "
+                   "(benchmarks/convergence.py); where it already does not, more replicates (experiment.splits x "
+                   "seeds) tell whether the excess is real.")
     elif wide:
         warning = (f"convergence not shown: BnB+ - base is not within +-{margin} at n = {', '.join(map(str, wide))} "
                    "(the interval is wider than the margin, or BnB+ falls below the base); more replicates "
