@@ -125,7 +125,7 @@ def test_every_frozen_prefix_mode_writes_the_same_bytes(tmp_path, backbone_param
             f.unlink(missing_ok=True)
         stages.train_network(backbone_params, "random0", 0, "AnB", n)
         files[mode] = (run / "metrics.json").read_bytes(), (run / "model.pt").read_bytes()
-        # a head with BatchNorm (the ResNet's) is not cached: it runs no_grad, which is exact on every CPU
+        # a head with a 1x1 convolution (the ResNet's shortcut) is not cached: it runs no_grad, which is exact
         ran = "no_grad" if mode == "cache" and family == "resnet18" else mode
         assert json.loads((run / "timing.json").read_text())["frozen_prefix"] == ran
     assert files["full"] == files["no_grad"] == files["cache"]

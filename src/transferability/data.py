@@ -142,7 +142,7 @@ def half_data(store: Store, split: dict[str, Any], half: str, per_class: int | N
 
 
 # CPU kernels give each image the same bits in any batch of at least this many (tests/test_prefix.py);
-# a batch of one may take another code path.
+# a batch of one may take another code path. Not 1x1 convolutions in channels_last (prefix.cacheable).
 LEAST_BATCH = 8
 
 

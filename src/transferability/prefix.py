@@ -89,13 +89,14 @@ def cacheable(net: UnitNet, data: HalfData, train: dict[str, Any], compute: dict
 
     An epoch whose last batch is smaller than LEAST_BATCH is not cached: its images could take
     other bits through the frozen layers than they do in the cache's full batches. Nor is a head with
-    BatchNorm (a ResNet's): on some CPUs its vectorised kernel gives an element other bits by where it
-    falls in the batch (a ResNet-18's cache missed ``full`` by one bit on one machine), so training
-    runs it ``no_grad`` instead, which is exact."""
+    a 1x1 convolution (a ResNet's shortcut): on this CPU a pointwise convolution in channels_last gives
+    an image other bits in a batch of 8 or 12 than in one of 60, so a ResNet-18's cache missed ``full``
+    by one bit; training runs such a head ``no_grad`` instead, which is exact."""
     crop, n = train.get("crop"), len(data.x_train)
     if not net.frozen or (crop and crop < data.x_train.shape[-1]) or 0 < n % train["batch_size"] < LEAST_BATCH:
         return False
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in split_prefix(net, max(net.frozen))[0].modules()):
+    head, _ = split_prefix(net, max(net.frozen))
+    if any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) for m in head.modules()):
         return False
     return cache_bytes(net, data, train.get("mirror", False)) <= compute.get("prefix_cache_gb", 4) * 2**30
 
