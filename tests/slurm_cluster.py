@@ -100,7 +100,11 @@ class SlurmCluster:
         log = self.root / "log" / "jobcomp.txt"
         deadline = time.monotonic() + timeout_s
         while True:
-            records = parse_jobcomp(log.read_text()) if log.exists() else []
+            try:  # slurmctld appends while we read: parse whole lines only, and no exists()-then-read
+                text = log.read_text()
+            except FileNotFoundError:
+                text = ""
+            records = parse_jobcomp(text[: text.rfind("\n") + 1])
             if wait_for <= {r["JobId"] for r in records} or time.monotonic() > deadline:
                 return records
             time.sleep(0.2)

@@ -9,6 +9,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -55,13 +56,23 @@ def reference(tmp_path_factory, params_file) -> dict[str, bytes]:
     return {f: (ws / BASE / f).read_bytes() for f in ("metrics.json", "curve.csv", "model.pt")}
 
 
+def mtime_ns(path: Path) -> int | None:
+    """The file's mtime, or None while it is absent: one stat, no exists() first, because
+    checkpoints.save moves the checkpoint aside (to ``.<name>.prev``) before it writes the next one,
+    so the path can vanish between an exists() and a stat()."""
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def wait_for_new_checkpoint(ws: Path, proc: subprocess.Popen, timeout: float = 60) -> bool:
     """Wait until ``proc`` has saved one more epoch; False if it finished first."""
     ckpt = ws / CKPT
-    before = ckpt.stat().st_mtime_ns if ckpt.exists() else None
+    before = mtime_ns(ckpt)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if ckpt.exists() and ckpt.stat().st_mtime_ns != before:
+        if (now := mtime_ns(ckpt)) is not None and now != before:
             return True
         if proc.poll() is not None:
             return False
@@ -72,6 +83,30 @@ def wait_for_new_checkpoint(ws: Path, proc: subprocess.Popen, timeout: float = 6
 def kill_group(proc: subprocess.Popen) -> int:
     os.killpg(proc.pid, signal.SIGKILL)
     return proc.wait()
+
+
+REWRITER = """
+import sys, time, torch
+from pathlib import Path
+from transferability import checkpoints
+net = torch.nn.Linear(2, 2)
+opt, gen, end = torch.optim.SGD(net.parameters(), lr=0.1), torch.Generator(), time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    checkpoints.save(Path(sys.argv[1]), "tag", net, opt, {}, gen, torch.device("cpu"))
+"""
+
+
+def test_polling_a_checkpoint_that_is_being_rewritten_never_raises(tmp_path):
+    """The race a full `make test` once hit: checkpoints.save (the real one, in another process,
+    as fast as it can) moves the checkpoint aside before writing the next, and the poll must read
+    that as "not yet", never raise FileNotFoundError. A race, so a stress test: exists()-then-stat()
+    raised here about once in 3 s of it."""
+    (tmp_path / CKPT).parent.mkdir(parents=True)
+    writer = subprocess.Popen([sys.executable, "-c", REWRITER, str(tmp_path / CKPT), "4"])
+    seen = 0
+    while wait_for_new_checkpoint(tmp_path, writer):
+        seen += 1
+    assert writer.returncode == 0 and seen > 1
 
 
 def test_cli_job_killed_at_random_points_resumes_to_identical_files(tmp_path, params_file, reference):
