@@ -128,3 +128,54 @@ def test_estimators_give_the_same_bits_twice():
     f, labels = clusters(200, 8, 3, spread=1.5)
     for score in (est.logme, est.hscore, est.nleep):
         assert score(f, labels) == score(f.copy(), labels.copy())
+
+
+def test_hscore_keeps_the_bound_c_minus_1_on_wide_weakly_informative_features():
+    # 200 images of 10 classes, 512 features each nudged a little by the class: Ledoit-Wolf shrinks a lot, and
+    # without the (1 - shrinkage) on the between-class covariance the score passed 30 (bound: 9)
+    f, labels = clusters(200, 512, 10, spread=0.3)
+    score = est.hscore(f, labels)
+    assert 0 < score <= 10 - 1
+    narrow, wide = clusters(200, 16, 10, spread=0.8, seed=1)[0], clusters(200, 400, 10, spread=0.25, seed=2)[0]
+    assert est.hscore(narrow, labels) > est.hscore(wide, labels)   # the informative layer ranks first
+    assert est.hscore(narrow, labels) <= 9 and est.hscore(wide, labels) <= 9
+
+
+def test_hscore_is_its_published_regularised_form():
+    """Against the formula of Ibrahim et al. written out with numpy: tr(pinv(S_a) (1 - a) cov_g), S_a the
+    Ledoit-Wolf covariance of shrinkage a, cov_g the covariance of each image's class mean (both over n)."""
+    from sklearn.covariance import LedoitWolf
+
+    f, labels = clusters(150, 30, 4, spread=0.5, seed=3)
+    centred = f - f.mean(axis=0)
+    lw = LedoitWolf(assume_centered=True).fit(centred)
+    g = np.stack([centred[labels == c].mean(axis=0) for c in range(4)])[labels]
+    expected = np.trace(np.linalg.pinv(lw.covariance_) @ ((1 - lw.shrinkage_) * g.T @ g / len(g)))
+    assert 0 < lw.shrinkage_ < 1
+    assert est.hscore(f, labels) == pytest.approx(expected, rel=1e-9)
+
+
+def test_logme_skips_a_label_with_no_image_and_says_so(capsys):
+    f, labels = clusters(90, 6, 3, spread=1.0)
+    gap = np.where(labels == 2, 3, labels)       # labels 0, 1, 3: label 2 has no image
+    score = est.logme(f, gap)
+    assert np.isfinite(score)
+    assert score == pytest.approx(est.logme(f, labels), rel=1e-12)   # the same classes, renumbered
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "LogME: skipped label(s) [2], which have no image here" in err
+    assert est.logme_fit(f, gap).empty == (2,) and est.logme_fit(f, labels).empty == ()
+
+
+def test_logme_reports_classes_that_reach_the_iteration_cap(capsys):
+    rng = np.random.default_rng(0)
+    noise, labels = rng.normal(size=(100, 5)), rng.integers(0, 3, 100)   # no signal: alpha grows without bound
+    est.logme(noise, labels)
+    assert capsys.readouterr().err.splitlines() == [
+        "LogME: class(es) [0, 2] ran to the 10,000-iteration cap without meeting the tolerance 1e-12: alpha still "
+        "growing, as it does without bound where the features carry no linear signal for a class; their evidence "
+        "is the last iterate's"]
+    assert est.logme_fit(noise, labels).capped == (0, 2)   # class 1 converges (alpha 333)
+    f, informative = clusters(120, 6, 3, spread=2.0)
+    assert est.logme_fit(f, informative).capped == ()   # signal in every class: converged, nothing said
+    est.logme(f, informative)
+    assert capsys.readouterr().err == ""

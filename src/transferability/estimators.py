@@ -11,8 +11,8 @@ returns one number, higher meaning "transfers better":
   label given the source classifier's top class. Both score the whole network, not a layer.
 - ``nleep``: N-LEEP (Li et al., CVPR 2021): LEEP with a Gaussian mixture fitted to a layer's
   features standing in for the source classifier, so LEEP can score each layer.
-- ``hscore``: H-score (Bao et al., ICIP 2019), tr(cov(f)^-1 cov(E[f | y])), with the Ledoit-Wolf
-  shrunk covariance that Ibrahim et al. (ICLR 2023) show removes the raw score's instability.
+- ``hscore``: H-score (Bao et al., ICIP 2019), tr(cov(f)^-1 cov(E[f | y])), regularised as Ibrahim et al.
+  (ICLR 2023) do to remove the raw score's instability: Ledoit-Wolf shrunk cov(f), cov(E[f | y]) x (1 - a).
 - ``linear_cka``: linear centred kernel alignment (Kornblith et al., ICML 2019) between two
   representations of the same images; here a source base's layer against the target's own base's.
 
@@ -24,6 +24,8 @@ PCA, Gaussian mixtures, Cholesky), in float64.
 from __future__ import annotations
 
 import math
+import sys
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import linalg
@@ -58,9 +60,10 @@ def _spectrum(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np
     return s2, coords, d
 
 
-def _max_evidence(s2: np.ndarray, c: np.ndarray, y2: float, n: int, d: int) -> tuple[float, float, float]:
+def _max_evidence(s2: np.ndarray, c: np.ndarray, y2: float, n: int, d: int) -> tuple[float, float, float, bool]:
     """Maximise the log evidence of y = F w + noise, w ~ N(0, I / alpha), noise ~ N(0, 1 / beta) over
-    (alpha, beta) by MacKay's fixed point, in F's singular basis; return (log evidence / n, alpha, beta).
+    (alpha, beta) by MacKay's fixed point, in F's singular basis; return (log evidence / n, alpha, beta,
+    whether the fixed point met LOGME_TOL before LOGME_MAX_ITER).
 
     With A = alpha I + beta F'F (d x d; its d - k null directions contribute log alpha each) and
     m = beta A^-1 F'y, the residual ||F m - y||^2 splits into the part of y inside F's column space,
@@ -69,6 +72,7 @@ def _max_evidence(s2: np.ndarray, c: np.ndarray, y2: float, n: int, d: int) -> t
     outside = max(y2 - c2.sum(), 0.0)
     floor = np.finfo(np.float64).eps * max(y2, np.finfo(np.float64).tiny)  # keeps alpha, beta finite
     alpha = beta = 1.0
+    done = False
     for _ in range(LOGME_MAX_ITER):
         t = alpha / beta
         gamma = (s2 / (s2 + t)).sum()
@@ -86,21 +90,58 @@ def _max_evidence(s2: np.ndarray, c: np.ndarray, y2: float, n: int, d: int) -> t
     log_det = np.log(alpha + beta * s2).sum() + (d - len(s2)) * math.log(alpha)
     evidence = (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - log_det / 2 - beta / 2 * r2
                 - alpha / 2 * m2 - n / 2 * math.log(2 * math.pi))
-    return evidence / n, alpha, beta
+    return evidence / n, alpha, beta, done
+
+
+@dataclass(frozen=True)
+class LogME:
+    """A LogME score and what it left out or did not finish: labels in 0..max with no image (a column of
+    zeros has no evidence to maximise: its score would be NaN), and classes whose fixed point ran to
+    LOGME_MAX_ITER without meeting LOGME_TOL (their evidence is the last iterate's)."""
+
+    score: float
+    empty: tuple[int, ...]
+    capped: tuple[int, ...]
+
+
+def logme_fit(features: np.ndarray, labels: np.ndarray) -> LogME:
+    """LogME over the classes that have images, with the classes skipped and the classes not converged."""
+    y = _onehot(labels)
+    present = np.flatnonzero(y.sum(axis=0) > 0)
+    empty = tuple(int(c) for c in np.flatnonzero(y.sum(axis=0) == 0))
+    y = y[:, present]
+    s2, coords, d = _spectrum(features, y)
+    n = len(y)
+    fits = [_max_evidence(s2, coords[:, j], float(y[:, j] @ y[:, j]), n, d) for j in range(y.shape[1])]
+    capped = tuple(int(present[j]) for j, fit in enumerate(fits) if not fit[3])
+    return LogME(float(np.mean([fit[0] for fit in fits])), empty, capped)
 
 
 def logme(features: np.ndarray, labels: np.ndarray) -> float:
-    """LogME: the maximum log evidence per image of each class's one-hot column, averaged over classes.
+    """LogME: the maximum log evidence per image of each class's one-hot column, averaged over the classes
+    that have images; one line on stderr for classes skipped (no image) or not converged (``logme_fit``).
 
     Written from the paper's model rather than taken from its script (thuml/LogME): the script's
     evidence leaves out the log alpha of F's null directions (rank-deficient features, e.g. dead
     ReLUs, score differently than their rank-full part) and stops after 11 iterations at a 1e-3
     tolerance; here both are exact to float64."""
-    y = _onehot(labels)
-    s2, coords, d = _spectrum(features, y)
-    n = len(y)
-    return float(np.mean([_max_evidence(s2, coords[:, j], float(y[:, j] @ y[:, j]), n, d)[0]
-                          for j in range(y.shape[1])]))
+    fit = logme_fit(features, labels)
+    for line in logme_notes(fit):
+        print(line, file=sys.stderr)
+    return fit.score
+
+
+def logme_notes(fit: LogME) -> list[str]:
+    """What a LogME score left out or did not finish, one line each (none when it is complete)."""
+    out = []
+    if fit.empty:
+        out.append(f"LogME: skipped label(s) {list(fit.empty)}, which have no image here (the score averages the "
+                   "other classes); give every label in 0..max an image (estimators.max_images: null or larger)")
+    if fit.capped:
+        out.append(f"LogME: class(es) {list(fit.capped)} ran to the {LOGME_MAX_ITER:,}-iteration cap without "
+                   f"meeting the tolerance {LOGME_TOL:g}: alpha still growing, as it does without bound where the "
+                   "features carry no linear signal for a class; their evidence is the last iterate's")
+    return out
 
 
 def leep_from_probabilities(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -149,8 +190,13 @@ def nleep(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
 
 
 def hscore(features: np.ndarray, labels: np.ndarray) -> float:
-    """H-score: sum over classes of P(c) mu_c' S^-1 mu_c (= tr(S^-1 cov(E[f | y])), with class means
-    mu_c of the centred features and S their Ledoit-Wolf covariance (scikit-learn)."""
+    """The regularised H-score of Ibrahim et al.: (1 - a) sum over classes of P(c) mu_c' S^-1 mu_c
+    (= tr(S^-1 (1 - a) cov(E[f | y]))), with class means mu_c of the centred features, S their Ledoit-Wolf
+    covariance (scikit-learn) and a its shrinkage. The (1 - a) shrinks the between-class covariance as S
+    shrinks the total one, so the score keeps the bound of every H-score, C - 1 (C classes): without it a
+    wide, weakly informative layer (much shrinkage) outscores a narrow informative one. Both covariances
+    divide by n (the reference script's np.cov divides the between-class one by n - 1, up to n / (n - 1)
+    above this score and the bound)."""
     from sklearn.covariance import ledoit_wolf
 
     f = np.asarray(features, dtype=np.float64)
@@ -158,7 +204,7 @@ def hscore(features: np.ndarray, labels: np.ndarray) -> float:
     f = f[:, (f != 0).any(axis=0)]     # constant columns: no variance, no signal
     if f.shape[1] == 0:
         return 0.0
-    cov, _ = ledoit_wolf(f, assume_centered=True)
+    cov, shrinkage = ledoit_wolf(f, assume_centered=True)
     y = _onehot(labels)
     counts = y.sum(axis=0)
     means = (y.T @ f) / np.where(counts > 0, counts, 1.0)[:, None]   # C x d
@@ -166,7 +212,7 @@ def hscore(features: np.ndarray, labels: np.ndarray) -> float:
         solved = linalg.cho_solve(linalg.cho_factor(cov), means.T)    # S^-1 mu_c, d x C
     except linalg.LinAlgError:  # no shrinkage (every image's outer product equals S) and S singular
         solved = linalg.pinvh(cov) @ means.T
-    return float(((counts / len(f)) * np.einsum("dc,cd->c", solved, means)).sum())
+    return float((1.0 - shrinkage) * ((counts / len(f)) * np.einsum("dc,cd->c", solved, means)).sum())
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
