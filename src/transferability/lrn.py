@@ -14,10 +14,18 @@ In-place operations replace torch's temporaries (same roundings, fewer allocatio
 are taken in NCHW order, as torch takes them; everything else runs in the input's layout (one
 copy of each power into it), so no elementwise operation mixes channels_last and NCHW strides.
 
-tests/test_lrn.py checks equality bit for bit, forward and backward, in both memory layouts.
+Under bfloat16 (or float16) autocast both this and torch's module are computed in float32 and
+the output cast back: in bfloat16 the denominator ``(k + alpha * avg) ** beta`` moves in steps of
+about 0.8%, the size of LRN's whole effect with CaffeNet's alpha. A float32 input is computed as
+before, to the bit.
+
+tests/test_lrn.py checks equality bit for bit, forward and backward, in both memory layouts, and
+the float32 computation of a bfloat16 input under autocast.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -65,10 +73,30 @@ class _LocalResponseNorm(torch.autograd.Function):
         return (grad / div).add_(half).add_(half), None, None, None, None
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def in_float32(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``forward(x)`` computed in float32, autocast off, when x is low-precision or autocast is on;
+    the output in x's dtype. Plain float32 calls ``forward(x)`` alone: the same bits as before."""
+    if x.dtype not in LOW_PRECISION and not torch.is_autocast_enabled(x.device.type):
+        return forward(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return forward(x.float()).to(x.dtype)
+
+
+class TorchLocalResponseNorm(nn.LocalResponseNorm):
+    """torch's own ``nn.LocalResponseNorm`` (compute.fast_lrn: false), in float32 under autocast."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return in_float32(super().forward, x)
+
+
 class LocalResponseNorm(nn.LocalResponseNorm):
-    """Drop-in for ``nn.LocalResponseNorm`` (same arguments, same numbers) on 4-D inputs."""
+    """Drop-in for ``nn.LocalResponseNorm`` (same arguments, same numbers) on 4-D inputs, in float32
+    under autocast."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
-            return super().forward(x)
-        return _LocalResponseNorm.apply(x, self.size, self.alpha, self.beta, self.k)
+            return in_float32(super().forward, x)
+        return in_float32(lambda t: _LocalResponseNorm.apply(t, self.size, self.alpha, self.beta, self.k), x)

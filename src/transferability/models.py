@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .architecture import ALEXNET_UNITS, TIMM_ARCHS, architecture
-from .lrn import LocalResponseNorm
+from .lrn import LocalResponseNorm, TorchLocalResponseNorm
 
 LAYER_NAMES = ALEXNET_UNITS
 
@@ -79,7 +79,8 @@ class AlexNetFamily(UnitNet):
                 mods.append(nn.MaxPool2d(pool, stride=2))
             mods.append(nn.ReLU(inplace=True))
             if lrn:
-                mods.append((LocalResponseNorm if fast_lrn else nn.LocalResponseNorm)(5, alpha=1e-4, beta=0.75, k=1.0))
+                lrn_class = LocalResponseNorm if fast_lrn else TorchLocalResponseNorm  # float32 under autocast
+                mods.append(lrn_class(5, alpha=1e-4, beta=0.75, k=1.0))
             layers[f"conv{k}"] = nn.Sequential(*mods)
             c = out
         with torch.no_grad():
