@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from transferability import devices
-from transferability.devices import card_names, claim_gpu, driver_version, no_gpu_reason, resolve_device, setup
+from transferability import params as tparams
+from transferability.devices import (
+    card_names,
+    claim_gpu,
+    driver_version,
+    lock_folder,
+    no_gpu_reason,
+    resolve_device,
+    setup,
+)
 from transferability.errors import UserError
 
 from .conftest import ROOT
@@ -198,3 +210,85 @@ def test_the_declared_torch_range_admits_the_tested_versions():
         assert torch_req.specifier.contains(version), (str(torch_req), version)
     for version in ("2.10.0", "3.0.0"):  # untested: not admitted
         assert not torch_req.specifier.contains(version), (str(torch_req), version)
+
+
+def test_a_waiting_job_says_once_which_cards_are_held_and_by_whom(tmp_path, monkeypatch, capsys):
+    """Before, a job with every card held waited without a word, however long."""
+    for var in SLURM_VARS:
+        monkeypatch.delenv(var, raising=False)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    holders = [ctx.Process(target=hold, args=(tmp_path, 2, 60, q)) for _ in range(2)]
+    for p in holders:
+        p.start()
+    try:
+        held = {index: pid for pid, index, _ in (q.get(timeout=20) for _ in holders)}
+        capsys.readouterr()
+        with pytest.raises(TimeoutError):  # ten tries or so
+            claim_gpu(2, tmp_path, wait_s=0.05, timeout_s=0.5)
+        said = capsys.readouterr().err.splitlines()
+    finally:
+        for p in holders:
+            p.kill()
+            p.join()
+    host = socket.gethostname()
+    assert len(said) == 1 and said[0].startswith(
+        "waiting for a GPU: all 2 cards visible to this job are held by other processes (")
+    for i in (0, 1):
+        assert f"{tmp_path}/{host}-gpu{i}.lock: pid {held[i]} on {host}" in said[0]
+    assert "--resources gpu=N with N > 2" in said[0]
+    assert claim_gpu(2, tmp_path, wait_s=0.05, timeout_s=5) in (0, 1)  # the holders are gone
+
+
+def test_a_waiting_job_says_when_torch_sees_fewer_cards_than_granted(tmp_path, monkeypatch, capsys):
+    for var in SLURM_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,7")  # two cards granted, one visible to torch
+    assert claim_gpu(1, tmp_path, wait_s=0.05, timeout_s=1) == 0
+    capsys.readouterr()
+    with pytest.raises(TimeoutError):
+        claim_gpu(1, tmp_path, wait_s=0.05, timeout_s=0.3)
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 1 and said[0].startswith("waiting for a GPU: the 1 card visible to this job is held")
+    assert said[0].endswith("; CUDA_VISIBLE_DEVICES names 2 cards (2,7) but torch sees only 1")
+
+
+def test_the_lock_folder_is_per_user_by_default():
+    """One folder in /tmp for every user: the first user's folder (mode 755) refused everyone else's locks."""
+    mine = Path(f"/tmp/transferability-gpu-locks-{os.getuid()}")
+    assert lock_folder() == lock_folder(None) == mine
+    for f in [ROOT / "params.yaml", *sorted((ROOT / "workflow" / "params").glob("*.yaml"))]:
+        assert lock_folder(tparams.load(f)["compute"]["gpu_lock_dir"]) == mine, f
+    assert lock_folder("/scratch/locks") == Path("/scratch/locks")
+
+
+def claim_as_another_user(lock_dir, queue):
+    if os.getuid() == 0:  # root writes anywhere: become nobody, as another user's job is
+        os.setgid(65534)
+        os.setuid(65534)
+    try:
+        queue.put(f"claimed {claim_gpu(1, lock_dir, wait_s=0.05, timeout_s=1)}")
+    except Exception as exc:  # what the job would die of, sent back to the test
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_lock_folder_this_user_cannot_write_is_one_line_naming_the_fix():
+    base = Path(tempfile.mkdtemp(dir="/tmp"))  # another user must reach it: not under pytest's 700 folder
+    try:
+        locks = base / "locks"
+        locks.mkdir()
+        for d in (base, locks):
+            d.chmod(0o755 if os.getuid() == 0 else 0o555)  # made by root, or not writable by this user
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        job = ctx.Process(target=claim_as_another_user, args=(locks, q))
+        job.start()
+        said = q.get(timeout=20)
+        job.join()
+    finally:
+        for d in (base, base / "locks"):
+            d.chmod(0o755)
+        shutil.rmtree(base)
+    assert said.startswith(f"UserError: cannot use the GPU lock folder {locks} (Permission denied: ") and (
+        "set compute.gpu_lock_dir to a folder this user can write (default /tmp/transferability-gpu-locks-{uid}"
+        in said) and "\n" not in said

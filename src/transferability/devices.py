@@ -30,6 +30,8 @@ from .errors import UserError
 
 _held: list[IO] = []  # lock files held open by this process
 DRIVER_VERSION_FILE = Path("/proc/driver/nvidia/version")
+# per user: a folder another user made in /tmp (mode 755) would refuse this user's lock files
+DEFAULT_LOCK_DIR = "/tmp/transferability-gpu-locks-{uid}"
 
 
 def usable_cores() -> int:
@@ -75,28 +77,69 @@ def torch_uuids(count: int) -> list[str | None]:
     return out
 
 
+def lock_folder(value: str | None = None) -> Path:
+    """compute.gpu_lock_dir with ``{uid}`` replaced by this user's id (default DEFAULT_LOCK_DIR): a
+    folder in /tmp made by another user would refuse this one's lock files."""
+    return Path((value or DEFAULT_LOCK_DIR).replace("{uid}", str(os.getuid())))
+
+
+def _open_lock(path: Path) -> IO:
+    """The card's lock file, opened for flock; a folder this user may not write is one UserError line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "a+")
+    except PermissionError as exc:
+        raise UserError(f"cannot use the GPU lock folder {path.parent} ({exc.strerror}: {exc.filename}): it is "
+                        "another user's or not writable; set compute.gpu_lock_dir to a folder this user can "
+                        f"write (default {DEFAULT_LOCK_DIR}, {{uid}} is the user's id)") from exc
+
+
+def _holder(f: IO) -> str:
+    f.seek(0)
+    return f.read().strip() or "holder unknown"
+
+
+def _waiting(count: int, busy: list[str], env: Mapping[str, str]) -> str:
+    """Why this job waits, in one line: who holds each card, and a grant torch does not see in full."""
+    line = (f"waiting for a GPU: {'the' if count == 1 else 'all'} {count} card{'s' * (count != 1)} visible to "
+            f"this job {'is' if count == 1 else 'are'} held by other processes ({'; '.join(busy)}); it takes the "
+            f"first to free up (more GPU jobs at once than cards, e.g. snakemake --resources gpu=N with N > "
+            f"{count}, wait here)")
+    for var in ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
+        if len(named := _ids(env.get(var))) > count:
+            line += f"; {var} names {len(named)} cards ({','.join(named)}) but torch sees only {count}"
+            break
+    return line
+
+
 def claim_gpu(count: int, lock_dir: str | Path, wait_s: float = 0.5, timeout_s: float | None = None,
               uuids: list[str | None] | None = None) -> int:
-    """Return the index of a card no other process holds, waiting until one frees up."""
+    """Return the index of a card no other process holds, waiting until one frees up; the first time
+    all are held, say once (stderr) which lock files hold them, by whom."""
     lock_dir = Path(lock_dir)
-    lock_dir.mkdir(parents=True, exist_ok=True)
     names = card_names(count, uuids)
-    start = time.monotonic()
+    start, said = time.monotonic(), False
     while True:
+        busy = []
         for i, name in enumerate(names):
-            f = open(lock_dir / f"{name}.lock", "a+")
+            path = lock_dir / f"{name}.lock"
+            f = _open_lock(path)
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                busy.append(f"{path}: {_holder(f)}")
                 f.close()
                 continue
             f.seek(0)
             f.truncate()
-            f.write(f"{os.getpid()}\n")
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
             f.flush()
             _held.append(f)
-            print(f"claimed GPU {i} ({lock_dir / name}.lock)", file=sys.stderr)
+            print(f"claimed GPU {i} ({path})", file=sys.stderr)
             return i
+        if not said:
+            print(_waiting(count, busy, os.environ), file=sys.stderr, flush=True)
+            said = True
         if timeout_s is not None and time.monotonic() - start > timeout_s:
             raise TimeoutError(f"no free GPU among {count} in {lock_dir} after {timeout_s} s")
         time.sleep(wait_s)
@@ -146,7 +189,11 @@ def resolve_device(requested: str, lock_dir: str | Path) -> torch.device:
             print(f"compute.device auto: no usable GPU, training on the CPU ({no_gpu_reason(said)})", file=sys.stderr)
         return torch.device("cpu")
     count = torch.cuda.device_count()
-    return torch.device("cuda", claim_gpu(count, lock_dir, uuids=torch_uuids(count)))
+    index = claim_gpu(count, lock_dir, uuids=torch_uuids(count))
+    # the job's current device: kernels, caches and any call without a device then go to its card,
+    # not to card 0, where every job would otherwise open a stray context
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def fp32_precision(precision: str) -> str:
@@ -157,15 +204,15 @@ def fp32_precision(precision: str) -> str:
 
 
 def setup(compute: dict[str, Any]) -> torch.device:
-    """Set torch up for one job as ``compute`` says and return its device (a claimed card): the
-    thread count, float32 as IEEE float32 unless precision is tf32, and deterministic algorithms
-    on a GPU. The training stage and the CaffeNet benchmark both start here, so the benchmark
-    measures what a training job gets."""
+    """Set torch up for one job as ``compute`` says and return its device (a claimed card, made the
+    current one): the thread count, float32 as IEEE float32 unless precision is tf32, and
+    deterministic algorithms on a GPU. The training stage and the CaffeNet benchmark both start
+    here, so the benchmark measures what a training job gets."""
     torch.set_num_threads(compute["threads"])
     fp32 = fp32_precision(compute.get("precision", "float32"))
     torch.backends.cuda.matmul.fp32_precision = fp32
     torch.backends.cudnn.conv.fp32_precision = fp32
-    device = resolve_device(compute["device"], compute.get("gpu_lock_dir", "/tmp/transferability-gpu-locks"))
+    device = resolve_device(compute["device"], lock_folder(compute.get("gpu_lock_dir")))
     if device.type == "cuda":  # CPU kernels are deterministic already; the switch costs 2.4 s of imports
         torch.use_deterministic_algorithms(True, warn_only=True)
     return device
