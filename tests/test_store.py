@@ -160,3 +160,23 @@ def test_a_class_left_without_images_is_refused_naming_it(tmp_path):
     with pytest.raises(UserError, match=r"class dog has no test images \(nothing of it in val/\); add its images"):
         imagefolder(tmp_path / "src", 16, 3, tmp_path / "fresh")
     assert not (tmp_path / "fresh").exists()  # refused before any decoding
+
+
+def test_prepare_and_any_number_of_training_jobs_hash_each_store_file_once(tmp_path, monkeypatch, params):
+    """prepare hashes each file for the manifest and stamps the store as verified; before, the first
+    job to open it hashed everything again (and four jobs starting at once, four times)."""
+    from transferability import runs, stages
+    from transferability import store as store_module
+
+    monkeypatch.chdir(tmp_path)
+    hashed = []
+    real = store_module.sha256_file
+    monkeypatch.setattr(store_module, "sha256_file", lambda f: hashed.append(f.name) or real(f))
+    stages.prepare(params)
+    for _ in range(3):
+        load_store(runs.prepared_path(params), verify=True)
+    assert sorted(hashed) == ["test_images.npy", "test_labels.npy", "train_images.npy", "train_labels.npy"]
+    f = runs.prepared_path(params) / "test_labels.npy"
+    f.write_bytes(f.read_bytes())  # same bytes, a new modification time: hashed again, and accepted
+    load_store(runs.prepared_path(params), verify=True)
+    assert hashed[4:] == ["test_labels.npy"]

@@ -41,7 +41,7 @@ from .runs import FeatureJob, Network
 from .shards import join_npy, sharded_rows
 from .sources import ilsvrc_synsets, labels_file, read_source
 from .splits import check_split, make_split, read_listing, study_lists
-from .store import load_store, save_npy, sha256_file, write_store
+from .store import load_store, save_npy, sha256_file, stamp_verified, write_store
 from .training import train, versions
 from .transfer import make_network
 
@@ -56,6 +56,7 @@ def prepare(params: dict[str, Any]) -> Path:
     ensure_writable(dest.parent, sum(a.nbytes for a in [*images.values(), *labels.values()]
                                      if isinstance(a, np.ndarray)))
     manifest = write_store(dest, images, labels, classes, source)
+    stamp_verified(dest, manifest)  # every file was hashed just now: training jobs need not hash it again
     shutil.rmtree(work, ignore_errors=True)
     counts = {p: manifest["parts"][p]["count"] for p in manifest["parts"]}
     print(f"prepared {dest}: {len(classes)} classes, {counts}", file=sys.stderr)

@@ -185,12 +185,30 @@ def _stat_key(f: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
+def _write_stamp(path: Path, entries: dict[str, list]) -> None:
+    with contextlib.suppress(OSError):  # only a cache: a read-only data folder hashes every time
+        write_json(verified_stamp(path), entries)
+
+
+def stamp_verified(path: str | Path, manifest: dict[str, Any]) -> None:
+    """Record a store just written as verified: its writer hashed every file for the manifest, and
+    without this each training job that opens the store first (four at once on four GPUs) would
+    hash it all again, ~250 GB each for ImageNet, evicting the page cache the jobs then read."""
+    path = Path(path)
+    entries = {}
+    for part in PARTS:
+        for kind in ("images", "labels"):
+            entry = manifest["parts"][part]["files"][kind]
+            entries[entry["file"]] = [*_stat_key(path / entry["file"]), entry["sha256"]]
+    _write_stamp(path, entries)
+
+
 def load_store(path: str | Path, verify: bool = True) -> Store:
     """Open a store memory-mapped; with ``verify``, refuse it if a file's checksum changed.
 
     A file is hashed again only when its size, modification time or inode differ from the last
-    successful verification (``verified_stamp``): an ImageNet store is ~250 GB, and every training
-    job opens it. Bytes changed in place with the times restored would go unnoticed."""
+    successful verification (``verified_stamp``, first written by ``prepare``): an ImageNet store
+    is ~250 GB, and every training job opens it. Bytes changed in place with the times restored would go unnoticed."""
     path = Path(path)
     manifest_file = path / "manifest.json"
     if not manifest_file.exists():
@@ -219,6 +237,5 @@ def load_store(path: str | Path, verify: bool = True) -> Store:
         images[part] = np.load(path / files["images"]["file"], mmap_mode="r")
         labels[part] = np.load(path / files["labels"]["file"])
     if verify and seen != known:
-        with contextlib.suppress(OSError):  # only a cache: a read-only data folder hashes every time
-            write_json(stamp, seen)
+        _write_stamp(path, seen)
     return Store(path, images, labels, classes, manifest)
