@@ -317,3 +317,20 @@ def test_gpu_model_file_has_the_bytes_of_the_same_weights_saved_from_the_cpu(tmp
     with open(again, "wb") as f:
         torch.save(checkpoints.on_cpu(net.state_dict()), f)
     assert again.read_bytes() == saved
+
+
+def test_a_gpu_runs_tag_and_metrics_leave_the_thread_count_out():
+    """Before, a GPU run's checkpoint tag held compute.threads: a job killed under Slurm with 4 CPUs and
+    rerun with 2 started again from epoch 0, though on a GPU the thread count changes no number."""
+    from transferability.params import digest
+    from transferability.stages import compute_identity
+
+    compute = {"device": "cuda", "threads": 4, "channels_last": True, "precision": "bfloat16", "compile": False,
+               "gpu_lock_dir": "/tmp/locks", "eval_batch": 250}
+    cpu = compute_identity(compute, "cpu")  # the CPU's metrics.json: the same keys, in the same order, as before
+    assert cpu == {"threads": 4, "channels_last": True, "precision": "bfloat16", "compile": False}
+    assert list(cpu) == ["threads", "channels_last", "precision", "compile"]
+    assert digest(compute_identity({**compute, "threads": 2}, "cpu")) != digest(cpu)
+    gpu = [compute_identity({**compute, "threads": t}, "cuda") for t in (4, 2)]
+    assert gpu[0] == gpu[1] == {"channels_last": True, "precision": "bfloat16", "compile": False}
+    assert digest(compute_identity({**compute, "precision": "float32"}, "cuda")) != digest(gpu[0])

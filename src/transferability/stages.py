@@ -130,6 +130,17 @@ def train_network(params: dict[str, Any], split_name: str, seed: int, variant: s
         return _train_held(params, network)
 
 
+def compute_identity(compute: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """The compute settings that can change a trained network's numbers, for its metrics and its
+    checkpoint's tag. The thread count does on the CPU (the last bits of the reductions), not on a
+    GPU: there a checkpoint written under Slurm with 4 CPUs must resume in a rerun with 2."""
+    out = {"threads": compute["threads"], "channels_last": compute.get("channels_last"),
+           "precision": compute.get("precision", "float32"), "compile": compute.get("compile", False)}
+    if device_type == "cuda":
+        del out["threads"]
+    return out
+
+
 def _train_held(params: dict[str, Any], network: Network) -> Network:
     split_name, seed = network.split, network.seed
     compute = params["compute"]
@@ -166,8 +177,7 @@ def _train_held(params: dict[str, Any], network: Network) -> Network:
     for folder, need in ((network.dir, 2 * model_bytes), (network.checkpoint.parent, 2 * 2 * model_bytes)):
         ensure_writable(folder, need + 2**20)
     recorded = {k: params[k] for k in ("dataset", "model", "train", "evaluate")}
-    recorded["compute"] = {"threads": compute["threads"], "channels_last": compute.get("channels_last"),
-                           "precision": compute.get("precision", "float32"), "compile": compute.get("compile", False)}
+    recorded["compute"] = compute_identity(compute, device.type)
     identity = {"network": network.slug, "split": split_name, "seed": seed, "run_seed": seed_used,
                 "params": recorded, "split_checksum": split_data["checksum"],
                 "store": {p: store.manifest["parts"][p]["files"] for p in ("train", "test")},
