@@ -4,6 +4,8 @@ correlation with the measured curves and costs, and the one-line errors on bad p
 from __future__ import annotations
 
 import json
+import math
+import warnings
 
 import numpy as np
 import pytest
@@ -54,8 +56,8 @@ def write_dump(network: str, layer: list[np.ndarray], labels: np.ndarray, is_tra
     (folder / "index.json").write_text(json.dumps({"layers": index}))
 
 
-def write_run(variant: str, n: int, top1: float, wall: float) -> None:
-    net = runs.Network("random0", 0, variant, n)
+def write_run(variant: str, n: int | None, top1: float, wall: float, split: str = "random0") -> None:
+    net = runs.Network(split, 0, variant, n)
     net.dir.mkdir(parents=True)
     (net.dir / "metrics.json").write_text(json.dumps({"top1_kbest": top1}))
     (net.dir / "timing.json").write_text(json.dumps({"wall_time_s": wall, "threads": 2}))
@@ -78,6 +80,9 @@ def synthetic(tmp_path, monkeypatch, params):
     for n in LAYERS:
         write_run("AnB", n, 0.9 - 0.02 * n, 10.0 * n)
         write_run("AnB-ft", n, 0.8 + 0.01 * n, 20.0)
+        write_run("BnB", n, 0.95 - 0.01 * n, 10.0)   # the target's own base transfers better than A's at every n
+        write_run("RnB", n, 0.5, 10.0)
+    write_run("baseB", None, 0.93, 30.0)
     return params
 
 
@@ -96,11 +101,25 @@ def test_scores_rank_the_layers_as_the_measured_curves_do(synthetic):
         assert metrics[method]["AnB-ft"]["spearman"]["mean"] == -1.0  # AnB+ rises instead
         assert metrics[method]["AnB"]["kendall"]["ci95"] is None   # one replicate: no interval
     assert set(metrics["leep"]) == {"score"} and set(metrics["nce"]) == {"score"}  # one score per network
+    assert metrics["depth"]["AnB"]["kendall"]["mean"] == 1.0    # AnB falls with n: depth alone ranks it perfectly
+    assert metrics["depth"]["AnB-ft"]["kendall"]["mean"] == -1.0
+    for method in ("logme", "hscore", "cka"):   # as good as depth, no better: one unit gives no interval
+        assert metrics[method]["AnB"]["gain_over_depth"]["mean"] == 0.0
+        assert metrics[method]["AnB"]["gain_over_depth"]["verdict"] == "does not beat depth (no interval: one " \
+            "replicate unit)"
+    # (a) the target's own base (BnB) against A's (AnB) at each n: CKA of baseB with itself is 1, and BnB is the
+    # better source at every n, so CKA ranks the two sources right at all 7 n; the random networks have no dumps
+    assert metrics["cka"]["sources"] == {"mean": 1.0, "std": None, "ci95": None, "replicates": 1, "dropped": 0,
+                                         "sources": ["AnB", "BnB"]}
+    assert "drop" not in metrics["cka"]   # (b) needs 3 units or more across which to order the drop
     cost = result["cost_core_s"]
     assert cost["fan-out AnB"] == 2 * 10.0 * sum(LAYERS) and cost["fan-out AnB-ft"] == 2 * 20.0 * 7
     assert all(cost[m] > 0 for m in params["estimators"]["methods"])
     page = open("reports/estimators.md").read()
-    assert "Tracks AnB (frozen) best" in page and "| LogME |" in page
+    assert "| LogME |" in page and "| depth alone |" in page
+    assert "Against AnB (frozen), depth alone (score = -n) reaches Kendall tau +1.000. No estimator beats depth. " \
+        "Do not beat depth: LogME, N-LEEP, H-score, linear CKA, FNE probe." in page
+    assert result["claims"][0] in page
     assert open("reports/estimators.png", "rb").read()[:4] == b"\x89PNG"
 
 
@@ -148,3 +167,132 @@ def test_no_estimators_need_no_dumps(params):
     params["features"].update(networks=["baseA"], targets=["digits"])
     tparams.validate(params)
     assert runs.estimator_dumps(params, "random0", 0) == []
+
+
+def record(split: str, target: str, scores: dict[str, list[float]], anb: list[float], base: float = 0.95,
+           sources: dict[str, dict[str, list[float]]] | None = None) -> dict:
+    """One (split, seed, target) record as `replicates` makes it, from scores and a measured AnB curve; its
+    within-record correlations straight from scipy (None where undefined), depth's (score = -n) beside them."""
+    from scipy.stats import kendalltau, spearmanr
+
+    def finite(v: float) -> float | None:
+        return None if np.isnan(v) else float(v)
+
+    curves = {"AnB": {"top1_kbest": anb, "core_s": 1.0}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # constant scores: scipy warns, the correlation is None
+        rank = {m: {"AnB": {"kendall": finite(kendalltau(v, anb).statistic),
+                            "spearman": finite(spearmanr(v, anb).statistic)}}
+                for m, v in {"depth": [-n for n in LAYERS[: len(anb)]], **scores}.items()}
+    return {"split": split, "seed": 0, "target": target, "layers": LAYERS[: len(anb)], "scores": scores,
+            "measured": curves, "rank": rank, "base_top1": base, "sources": sources or {}}
+
+
+def test_pooling_counts_the_split_and_seed_unit_as_the_replicate_and_shows_what_it_dropped():
+    falls = [0.9, 0.8, 0.7, 0.6]
+    reps = [record("random0", "A", {"cka": [4.0, 3.0, 2.0, 1.0]}, falls),      # tau +1
+            record("random0", "B", {"cka": [1.0, 2.0, 3.0, 4.0]}, falls),      # tau -1: the same unit, averaged: 0
+            record("random1", "B", {"cka": [4.0, 3.0, 1.0, 2.0]}, falls),      # tau +2/3
+            record("random2", "B", {"cka": [1.0, 1.0, 1.0, 1.0]}, falls)]      # constant: undefined, dropped
+    cka = prediction.pooled(reps, ["cka"])["cka"]["AnB"]["kendall"]
+    assert cka["replicates"] == 2 and cka["dropped"] == 1     # two units with a value, not three records
+    assert cka["mean"] == pytest.approx(1 / 3, abs=1e-6)       # mean of the units' 0 and 2/3
+    assert cka["std"] == pytest.approx(math.sqrt(2) / 3, abs=1e-6)
+    from transferability import estimator_report
+
+    header, rows = estimator_report.table(prediction.pooled(reps, ["cka"]), {"cka": 1.0})
+    row = dict(zip(header, rows[1], strict=True))
+    assert row["estimator"] == "linear CKA" and row["replicate units"] == "2 (1 record(s) undefined, dropped)"
+    assert row["Kendall tau vs AnB (frozen)"].endswith("(1 undefined)")
+
+
+def test_an_estimator_that_knows_more_than_depth_beats_it_and_one_that_knows_less_does_not():
+    # AnB with the study's dip: not monotone in n, so depth alone ranks it badly; "follows" tracks it exactly
+    reps, rng = [], np.random.default_rng(0)
+    for k in range(5):
+        dip = [0.9, 0.85, 0.8, 0.84, 0.7, 0.6, 0.65] + rng.normal(0, 0.002, 7)
+        noisy = -np.arange(7) + rng.normal(0, 3, 7)
+        reps.append(record(f"random{k}", "B", {"follows": list(dip + 1), "noisy": list(noisy)}, list(dip)))
+    summary = prediction.pooled(reps, ["follows", "noisy"])
+    depth = summary["depth"]["AnB"]["kendall"]["mean"]
+    assert 0.5 < depth < 0.9
+    follows, noisy = summary["follows"]["AnB"]["gain_over_depth"], summary["noisy"]["AnB"]["gain_over_depth"]
+    assert follows["mean"] == pytest.approx(1 - depth, abs=1e-6) and follows["ci95"][0] > 0
+    assert follows["verdict"] == "beats depth"
+    assert noisy["mean"] < 0 and noisy["verdict"].startswith("does not beat depth")
+    from transferability import estimator_report
+
+    said = estimator_report.claims(summary)[0]
+    assert "Beat depth: follows. Do not beat depth: noisy." in said
+
+
+def test_ranking_the_sources_at_each_n_is_what_depth_cannot_do():
+    anb = [0.9, 0.8, 0.7]
+    reps = []
+    for k in range(3):
+        srcs = {"AnB": {"scores": {"right": [1.0, 1.0, 1.0], "wrong": [2.0, 2.0, 2.0]}, "top1_kbest": anb},
+                "BnB": {"scores": {"right": [2.0, 2.0, 2.0], "wrong": [1.0, 1.0, 1.0]}, "top1_kbest": [0.95] * 3},
+                "RnB": {"scores": {"right": [0.0, 0.0, -1.0], "wrong": [3.0, 3.0, 3.0]}, "top1_kbest": [0.5, 0.4, 0.2]}}
+        reps.append(record(f"random{k}", "B", {"right": [1.0] * 3, "wrong": [2.0] * 3}, anb, sources=srcs))
+    summary = prediction.pooled(reps, ["right", "wrong"])
+    assert summary["right"]["sources"]["mean"] == 1.0 and summary["right"]["sources"]["replicates"] == 3
+    assert summary["wrong"]["sources"]["mean"] == -1.0   # R on top, BnB last: the measured order reversed
+    assert summary["right"]["sources"]["sources"] == ["AnB", "BnB", "RnB"]
+    assert "sources" not in summary["depth"]
+
+
+def test_the_score_orders_the_drop_below_the_base_across_replicates():
+    reps = []
+    for k, drop in enumerate([0.02, 0.05, 0.08, 0.11]):   # a source that transfers worse in each replicate
+        anb = [0.9 - drop, 0.85 - drop]
+        reps.append(record(f"random{k}", "B", {"knows": [-drop, -2 * drop], "blind": [drop, 2 * drop]}, anb,
+                           base=0.9))
+    summary = prediction.pooled(reps, ["knows", "blind"])
+    knows = summary["knows"]["drop"]["by_n"]
+    assert knows[1]["kendall"] == knows[2]["kendall"] == 1.0 and knows[2]["replicates"] == 4
+    assert summary["blind"]["drop"]["mean_over_n"] == -1.0 and summary["blind"]["drop"]["positive_n"] == 0
+    assert summary["knows"]["drop"]["by_n"][1]["p"] == pytest.approx(1 / 12, abs=1e-6)   # exact: 2 of 4! orders
+    from transferability import estimator_report
+
+    header, rows = estimator_report.drop_table(summary, [1, 2])
+    assert rows[0] == ["knows", "+1.00 (p 0.08)", "+1.00 (p 0.08)"]
+
+
+def test_stored_scores_for_other_layers_are_one_line_naming_them_and_the_fix(synthetic):
+    prediction.estimate(synthetic, "random0", 0)
+    synthetic["experiment"]["layers"] = LAYERS[:-1]
+    with pytest.raises(UserError, match=r"^data/estimates/random0/seed0/scores.json scored n = "
+                                        r"\[1, 2, 3, 4, 5, 6, 7\], but experiment.layers is \[1, 2, 3, 4, 5, 6\]: "
+                                        r"run `transferability estimate "
+                                        r"--split random0 --seed 0` again$"):
+        prediction.compare(synthetic, "reports")
+
+
+def test_the_random_networks_are_read_where_features_dumps_every_one(params):
+    """RnB's source at n is R{n}B's own random prefix (each RnB draws its own filters): ranking it among the
+    sources needs a dump of each, so the estimators read them only where features.networks lists all of them."""
+    assert [j.network for j in runs.estimator_dumps(params, "random0", 0)] == ["baseA", "baseB"]
+    assert runs.other_sources(params, "B") == {"BnB": ["baseB"] * 7}
+    params["features"]["networks"] += [f"R{n}B" for n in LAYERS[:-1]]   # R7B missing: not a source
+    assert "RnB" not in runs.other_sources(params, "B")
+    params["features"]["networks"].append("R7B")
+    assert runs.other_sources(params, "B")["RnB"] == [f"R{n}B" for n in LAYERS]
+    assert [j.network for j in runs.estimator_dumps(params, "random0", 0)] == ["baseA", "baseB"] + \
+        [f"R{n}B" for n in LAYERS]
+
+
+def test_the_stage_scores_every_source_it_has_dumps_of(synthetic):
+    params, rng = synthetic, np.random.default_rng(3)
+    labels, is_train = np.load(runs.FeatureJob("random0", 0, "baseA", "B").dir / "labels.npy"), np.arange(250) < 150
+    for n in LAYERS:   # random filters: no class structure at any layer
+        write_dump(f"R{n}B", [rng.normal(size=(250, 6)) for _ in LAYERS], labels, is_train)
+    params["features"]["networks"] += [f"R{n}B" for n in LAYERS]
+    prediction.estimate(params, "random0", 0)
+    stored = json.loads((runs.estimates_dir("random0", 0) / "scores.json").read_text())["targets"]["B"]
+    assert set(stored["sources"]) == {"BnB", "RnB"} and stored["sources"]["RnB"]["networks"][4] == "R5B"
+    assert stored["sources"]["BnB"]["scores"]["cka"] == [1.0] * 7   # the target's own base against itself
+    assert len(stored["sources"]["RnB"]["scores"]["hscore"]) == 7
+    prediction.compare(params, "reports")
+    cka = json.loads(open("reports/estimators.json").read())["metrics"]["cka"]["sources"]
+    assert cka["sources"] == ["AnB", "BnB", "RnB"] and cka["replicates"] == 1 and cka["dropped"] == 0
+    assert cka["mean"] == 1.0   # own base 1, A's base between, random filters least: as measured at every n

@@ -1,16 +1,21 @@
-"""Transferability predicted from features alone, held against the measured fan-out.
+"""Transferability predicted from features alone, held against the measured fan-out and against depth.
 
 ``estimate`` (one replicate: a split and seed) scores, for every target half the experiment transfers
 to (B for AnB, A for BnA), each estimator in ``estimators.methods`` on the source base's layer n for
 every n in ``experiment.layers``, from the feature dumps of the target's training images, and times
-each one (CPU seconds of this process: core-seconds, whatever the thread count).
+each one (CPU seconds of this process: core-seconds, whatever the thread count). Where the dumps exist
+it scores the target's other sources too (its own base for BnB, the random networks for RnB).
 
 ``compare`` ranks each replicate's per-n scores against the measured top-1 of the networks they
 predict (AnB: layers 1..n copied and frozen; AnB+: fine-tuned) with Kendall's tau and Spearman's rho,
-pools the correlations over replicates (split, seed and target half, as findings.py counts them) with
-Student's t 95% intervals, and sets each estimator's cost beside the cost of training that fan-out.
-LEEP and NCE read the source's classifier, not a layer: they give one score per network, which
-cannot rank n, so they are reported as scores only.
+beside the trivial predictor "score = -n" (depth alone), and pools per replicate unit as findings.py
+does: a unit is one (split, seed), its two target halves (which share both bases) averaged first, a
+Student's t 95% interval over units; correlations that are undefined are counted, never hidden. Each
+estimator's gain over depth (tau - depth's tau, per unit) says whether it knows more than the layer's
+depth. Two comparisons depth cannot win: (a) at each n, the sources a target transfers from (BnB,
+AnB, RnB) ranked by score against their measured top-1; (b) at each n, across units, the score
+against the measured drop AnB(n) - base. LEEP and NCE read the source's classifier, not a layer: they
+give one score per network, which cannot rank n, so they are reported as scores only.
 """
 
 from __future__ import annotations
@@ -28,11 +33,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import estimators, runs
-from .atomic import atomic_path, write_json, write_text
+from .atomic import write_json, write_text
 from .embedding import columns, fne_accuracy
 from .errors import UserError
 from .runs import OTHER_HALF, FeatureJob, Network
-from .stats import t_interval
+from .stats import Estimate, t_interval, verdict
 from .training import versions
 
 WHOLE_NETWORK = ("leep", "nce")
@@ -45,6 +50,8 @@ WHAT = {"logme": "max. evidence of a linear model, per image", "leep": "source c
         "layer n (test images)"}
 CURVES = {"AnB": "", "AnB-ft": "-ft"}  # measured curve -> variant suffix; both directions pooled (BnA is AnB)
 CURVE_NAMES = {"AnB": "AnB (frozen)", "AnB-ft": "AnB+ (fine-tuned)"}
+DEPTH = "depth"  # the trivial predictor: score = -n, the deeper the copied layer the worse
+NAMES["depth"], WHAT["depth"] = "depth alone", "score = -n: the deeper layer n, the worse (the trivial predictor)"
 
 
 class Dump:
@@ -89,7 +96,8 @@ def timed(fn: Callable[..., float], *args: Any) -> tuple[float, float, float]:
 
 
 def score_direction(params: dict[str, Any], split: str, seed: int, target: str) -> tuple[dict, dict]:
-    """Every estimator on the source base's dump on ``target`` (per n where it reads a layer), and its cost.
+    """Every estimator on the source base's dump on ``target`` (per n where it reads a layer), and its cost;
+    then, untimed, the per-layer estimators on the target's other sources whose dumps exist (``sources``).
     Inputs are read from the dumps before the clock starts: a cost is the estimator's arithmetic only."""
     methods, layers = params["estimators"]["methods"], params["experiment"]["layers"]
     source = Dump(FeatureJob(split, seed, f"base{OTHER_HALF[target]}", target))
@@ -99,12 +107,12 @@ def score_direction(params: dict[str, Any], split: str, seed: int, target: str) 
     y, y_test = source.labels[rows], source.labels[test]
     embed = params.get("embed", {})
     probe = (tuple(embed.get("thresholds", ())), embed.get("C"), embed.get("solver", "newton"))
-    per_layer: dict[str, tuple[Callable[..., float], Callable[[int], tuple]]] = {
-        "logme": (estimators.logme, lambda n: (source.layer(n, rows), y)),
-        "nleep": (estimators.nleep, lambda n: (source.layer(n, rows), y, seed)),
-        "hscore": (estimators.hscore, lambda n: (source.layer(n, rows), y)),
-        "cka": (estimators.linear_cka, lambda n: (source.layer(n, rows), own.layer(n, rows))),
-        "probe": (fne_accuracy, lambda n: (source.layer(n, rows), y, source.layer(n, test), y_test, *probe))}
+    per_layer: dict[str, tuple[Callable[..., float], Callable[[Dump, int], tuple]]] = {
+        "logme": (estimators.logme, lambda d, n: (d.layer(n, rows), y)),
+        "nleep": (estimators.nleep, lambda d, n: (d.layer(n, rows), y, seed)),
+        "hscore": (estimators.hscore, lambda d, n: (d.layer(n, rows), y)),
+        "cka": (estimators.linear_cka, lambda d, n: (d.layer(n, rows), own.layer(n, rows))),
+        "probe": (fne_accuracy, lambda d, n: (d.layer(n, rows), y, d.layer(n, test), y_test, *probe))}
     scores: dict[str, Any] = {}
     cost: dict[str, dict[str, float]] = {}
     for method in methods:
@@ -115,12 +123,22 @@ def score_direction(params: dict[str, Any], split: str, seed: int, target: str) 
         fn, args = per_layer[method]
         values, cpu, wall = [], 0.0, 0.0
         for n in layers:
-            value, c, w = timed(fn, *args(n))
+            value, c, w = timed(fn, *args(source, n))
             values.append(value)
             cpu, wall = cpu + c, wall + w
         scores[method], cost[method] = values, {"cpu_s": cpu, "wall_s": wall}
+    others = {}
+    for variant, nets in runs.other_sources(params, target).items():
+        dumps = {net: Dump(FeatureJob(split, seed, net, target)) for net in dict.fromkeys(nets)}
+        for dump in dumps.values():
+            if not np.array_equal(dump.labels[rows], y):
+                raise UserError(f"the feature dumps of {nets[0]} and base{OTHER_HALF[target]} on {target} ({split}, "
+                                f"seed {seed}) list other images: run `transferability features` for both again")
+        others[variant] = {"networks": nets, "scores": {
+            m: [float(per_layer[m][0](*per_layer[m][1](dumps[net], n))) for n, net in zip(layers, nets, strict=True)]
+            for m in methods if m not in WHOLE_NETWORK}}
     out = {"source_network": f"base{OTHER_HALF[target]}", "images": len(rows), "classes": int(y.max()) + 1,
-           "test_images": len(test), "scores": scores}
+           "test_images": len(test), "scores": scores, **({"sources": others} if others else {})}
     return out, {m: {k: round(v, 6) for k, v in c.items()} for m, c in cost.items()}
 
 
@@ -148,47 +166,93 @@ def _json(path: Path, what: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def top1(params: dict[str, Any], split: str, seed: int, variant: str) -> list[float] | None:
+    """Measured top-1 of ``variant`` at every n of experiment.layers (None where the variant is not trained)."""
+    if variant not in params["experiment"]["variants"]:
+        return None
+    return [_json(net.file("metrics.json"), f"train {net.name} ({split}, seed {seed}) first")["top1_kbest"]
+            for net in (Network(split, seed, variant, n) for n in params["experiment"]["layers"])]
+
+
 def measured(params: dict[str, Any], split: str, seed: int, target: str) -> dict[str, dict[str, Any]]:
     """Per curve the experiment trains (AnB, AnB+ towards ``target``): top-1 per n, and what training
     those networks cost (wall seconds x threads, from each run's timing.json)."""
     out = {}
     for curve, suffix in CURVES.items():
         variant = f"{OTHER_HALF[target]}n{target}{suffix}"
-        if variant not in params["experiment"]["variants"]:
+        if (acc := top1(params, split, seed, variant)) is None:
             continue
-        acc, cost = [], 0.0
+        cost = 0.0
         for n in params["experiment"]["layers"]:
-            net = Network(split, seed, variant, n)
-            why = f"train {net.name} ({split}, seed {seed}) first"
-            acc.append(_json(net.file("metrics.json"), why)["top1_kbest"])
-            timing = _json(net.file("timing.json"), why)
+            timing = _json(Network(split, seed, variant, n).file("timing.json"), f"train {variant} n{n} first")
             cost += timing["wall_time_s"] * timing["threads"]
         out[curve] = {"top1_kbest": acc, "core_s": cost}
     return out
 
 
-def replicates(params: dict[str, Any]) -> list[dict[str, Any]]:
-    """One record per (split, seed, target half): scores, their cost, the measured curves and theirs."""
-    from scipy.stats import kendalltau, spearmanr
+def _tau(x: list[float], y: list[float]) -> float | None:
+    return _finite(_quiet("kendalltau", x, y).statistic)
 
+
+def _quiet(name: str, x: list[float], y: list[float]) -> Any:
+    """A scipy rank correlation without its warning on constant input: the None it becomes is counted."""
+    import warnings
+
+    from scipy import stats
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return getattr(stats, name)(x, y)
+
+
+def _checked(scores: dict[str, Any], params: dict[str, Any], path: Path, again: str) -> None:
+    """Stored scores pair with the current params' n and methods only if they were scored for them."""
+    layers, methods = params["experiment"]["layers"], params["estimators"]["methods"]
+    if scores["layers"] != layers:
+        raise UserError(f"{path} scored n = {scores['layers']}, but experiment.layers is {layers}: {again} again")
+    if missing := [m for m in methods if m not in scores["methods"]]:
+        raise UserError(f"{path} has no scores of {', '.join(missing)} (estimators.methods): {again} again")
+
+
+def ranks(scores: dict[str, Any], curves: dict[str, dict[str, Any]], layers: list[int]
+          ) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Within one record: each per-layer score's Kendall and Spearman with each measured curve over n, and
+    depth alone's (score = -n) beside them."""
+    out = {}
+    for method, values in [(DEPTH, [-float(n) for n in layers]), *scores.items()]:
+        if method not in WHOLE_NETWORK:
+            out[method] = {curve: {"kendall": _tau(values, c["top1_kbest"]),
+                                   "spearman": _finite(_quiet("spearmanr", values, c["top1_kbest"]).statistic)}
+                           for curve, c in curves.items()}
+    return out
+
+
+def replicates(params: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per (split, seed, target half): scores, their cost, the measured curves and theirs, the
+    within-record rank correlations (depth's beside the estimators'), and what comparisons (a) and (b) read:
+    the other sources' scores with their measured top-1, and the base's top-1."""
+    layers, methods = params["experiment"]["layers"], params["estimators"]["methods"]
     out = []
     for split in params["experiment"]["splits"]:
         for seed in params["experiment"]["seeds"]:
             folder = runs.estimates_dir(split, seed)
-            why = f"run `transferability estimate --split {split} --seed {seed}` first"
-            scores, timing = _json(folder / "scores.json", why), _json(folder / "timing.json", why)
+            why = f"run `transferability estimate --split {split} --seed {seed}`"
+            scores = _json(folder / "scores.json", why + " first")
+            timing = _json(folder / "timing.json", why + " first")
+            _checked(scores, params, folder / "scores.json", why)
             for target, result in scores["targets"].items():
                 curves = measured(params, split, seed, target)
-                rank: dict[str, dict[str, dict[str, float | None]]] = {}
-                for method, values in result["scores"].items():
-                    if method in WHOLE_NETWORK:
-                        continue
-                    rank[method] = {curve: {
-                        "kendall": _finite(kendalltau(values, c["top1_kbest"]).statistic),
-                        "spearman": _finite(spearmanr(values, c["top1_kbest"]).statistic)}
-                        for curve, c in curves.items()}
-                out.append({"split": split, "seed": seed, "target": target, **result, "measured": curves,
-                            "rank": rank, "cost": timing["targets"][target], "threads": timing["threads"]})
+                rank = ranks({m: v for m, v in result["scores"].items() if m in methods}, curves, layers)
+                sources = {f"{OTHER_HALF[target]}n{target}": {"scores": result["scores"]}}
+                sources.update(result.get("sources", {}))
+                for variant in sources:
+                    sources[variant]["top1_kbest"] = top1(params, split, seed, variant)
+                base = Network(split, seed, f"base{target}").file("metrics.json")
+                out.append({"split": split, "seed": seed, "target": target, "layers": layers, **result,
+                            "measured": curves,
+                            "rank": rank, "cost": timing["targets"][target], "threads": timing["threads"],
+                            "sources": {v: e for v, e in sources.items() if e["top1_kbest"] is not None},
+                            "base_top1": _json(base, f"train base{target} ({split}, seed {seed}) first")["top1_kbest"]})
     return out
 
 
@@ -197,29 +261,120 @@ def _finite(v: float) -> float | None:
     return None if not np.isfinite(v) else round(float(v), 6)
 
 
-def pooled(reps: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
-    """Per estimator, per measured curve: Kendall and Spearman pooled over replicates (t interval); the
-    whole-network scores (LEEP, NCE) pooled as they are."""
-    out: dict[str, dict[str, Any]] = {}
-    for method in methods:
-        if method in WHOLE_NETWORK:
-            out[method] = {"score": t_interval([r["scores"][method] for r in reps]).as_dict()}
-            continue
-        out[method] = {}
-        for curve in CURVES:
-            for stat in ("kendall", "spearman"):
-                vals = [r["rank"][method][curve][stat] for r in reps if curve in r["rank"][method]]
-                vals = [v for v in vals if v is not None]
-                if vals:
-                    out[method].setdefault(curve, {})[stat] = t_interval(vals).as_dict()
+def unit_values(reps: list[dict[str, Any]], value: Callable[[dict[str, Any]], float | None]) -> tuple[list[float], int]:
+    """One value per replicate unit (split, seed), as findings.py counts them: the mean over the unit's target
+    halves (which share both bases) where ``value`` is defined; and how many records it was undefined in."""
+    by_unit: dict[tuple[str, int], list[float]] = {}
+    dropped = 0
+    for r in reps:
+        v = value(r)
+        by_unit.setdefault((r["split"], r["seed"]), [])
+        if v is None:
+            dropped += 1
+        else:
+            by_unit[(r["split"], r["seed"])].append(v)
+    return [mean(vs) for vs in by_unit.values() if vs], dropped
+
+
+def pool(reps: list[dict[str, Any]], value: Callable[[dict[str, Any]], float | None]) -> dict[str, Any]:
+    """``value`` pooled over replicate units: mean, Student's t 95% interval, units counted and records dropped
+    (undefined); a mean of None where no unit has a value."""
+    values, dropped = unit_values(reps, value)
+    est = t_interval(values).as_dict() if values else {"mean": None, "std": None, "ci95": None, "replicates": 0}
+    return {**est, "dropped": dropped}
+
+
+def _get(r: dict[str, Any], method: str, curve: str, stat: str) -> float | None:
+    return r["rank"].get(method, {}).get(curve, {}).get(stat)
+
+
+def _gain(r: dict[str, Any], method: str, curve: str) -> float | None:
+    est, dep = _get(r, method, curve, "kendall"), _get(r, DEPTH, curve, "kendall")
+    return None if est is None or dep is None else est - dep
+
+
+def beats_depth(gain: dict[str, Any]) -> str:
+    """'beats depth' where the gain's interval lies above 0, else 'does not beat depth' and why."""
+    if gain["mean"] is None or gain["ci95"] is None:
+        return "does not beat depth (no interval: one replicate unit)"
+    est = Estimate(gain["mean"], gain["std"], gain["ci95"][0], gain["ci95"][1], gain["replicates"])
+    return {"holds": "beats depth", "does not hold": "does not beat depth (depth ranks better)",
+            "inconclusive": "does not beat depth (interval includes 0)"}[verdict(est)]
+
+
+def rank_sources(r: dict[str, Any], method: str) -> list[float | None]:
+    """Comparison (a) in one record: at each n, Kendall's tau between the sources' scores on their layer n
+    and their measured top-1 (None with fewer than two sources, or ties)."""
+    srcs = [s for s in r["sources"].values() if method in s["scores"]]
+    if len(srcs) < 2:
+        return []
+    return [_tau([s["scores"][method][i] for s in srcs], [s["top1_kbest"][i] for s in srcs])
+            for i in range(len(srcs[0]["top1_kbest"]))]
+
+
+def sources_pooled(reps: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
+    """(a) pooled: per record the mean tau over n, per unit over its target halves, t interval over units;
+    ``dropped`` counts the (record, n) where the ranking was undefined."""
+    per = {id(r): rank_sources(r, method) for r in reps}
+    if not any(per.values()):
+        return None
+    out = pool(reps, lambda r: mean(v) if (v := [t for t in per[id(r)] if t is not None]) else None)
+    out["dropped"] = sum(t is None for v in per.values() for t in v)
+    out["sources"] = sorted({v for r in reps for v in r["sources"]})
     return out
 
 
-def _ci(entry: dict[str, Any] | None, digits: int = 3) -> str:
-    if not entry:
-        return ""
-    text = f"{entry['mean']:+.{digits}f}"
-    return text + (f" [{entry['ci95'][0]:+.{digits}f}, {entry['ci95'][1]:+.{digits}f}]" if entry["ci95"] else "")
+def orders_drop(reps: list[dict[str, Any]], method: str, layers: list[int]) -> dict[str, Any] | None:
+    """(b): at each n, Kendall's tau across replicate units between the source's score on layer n and the
+    measured AnB(n) - base (one value per unit: the mean over its target halves, for the score and the
+    drop alike, as scores of different targets are not comparable: per target half, then averaged)."""
+    by_n: dict[int, dict[str, Any]] = {}
+    for i, n in enumerate(layers):
+        taus, ps, units = [], [], 0
+        for target in sorted({r["target"] for r in reps}):
+            pts = [(r["scores"][method][i], r["measured"]["AnB"]["top1_kbest"][i] - r["base_top1"]) for r in reps
+                   if r["target"] == target and "AnB" in r["measured"]]
+            units = max(units, len(pts))
+            if len(pts) >= 3:
+                res = _quiet("kendalltau", *zip(*pts, strict=True))
+                if np.isfinite(res.statistic):
+                    taus.append(float(res.statistic))
+                    ps.append(float(res.pvalue))
+        by_n[n] = {"kendall": round(mean(taus), 6) if taus else None, "p": round(max(ps), 6) if ps else None,
+                   "replicates": units}
+    defined = [e["kendall"] for e in by_n.values() if e["kendall"] is not None]
+    if not defined:
+        return None
+    return {"by_n": by_n, "mean_over_n": round(mean(defined), 6), "positive_n": sum(t > 0 for t in defined),
+            "defined_n": len(defined)}
+
+
+def pooled(reps: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Per estimator (and depth alone), per measured curve: Kendall and Spearman pooled over replicate units,
+    the gain over depth; the two comparisons depth cannot win (``sources``, ``drop``); the whole-network
+    scores (LEEP, NCE) pooled as they are."""
+    out: dict[str, dict[str, Any]] = {}
+    layers = reps[0]["layers"] if reps else []
+    for method in [DEPTH, *methods]:
+        if method in WHOLE_NETWORK:
+            out[method] = {"score": pool(reps, lambda r, m=method: r["scores"][m])}
+            continue
+        out[method] = {}
+        for curve in CURVES:
+            if not any(curve in r["rank"].get(method, {}) for r in reps):
+                continue
+            entry = {stat: pool(reps, lambda r, m=method, c=curve, s=stat: _get(r, m, c, s))
+                     for stat in ("kendall", "spearman")}
+            if method != DEPTH:
+                entry["gain_over_depth"] = gain = pool(reps, lambda r, m=method, c=curve: _gain(r, m, c))
+                gain["verdict"] = beats_depth(gain)
+            out[method][curve] = entry
+        if method != DEPTH:
+            if (a := sources_pooled(reps, method)) is not None:
+                out[method]["sources"] = a
+            if (b := orders_drop(reps, method, layers)) is not None:
+                out[method]["drop"] = b
+    return out
 
 
 def costs(reps: list[dict[str, Any]], methods: list[str]) -> dict[str, float]:
@@ -233,102 +388,10 @@ def costs(reps: list[dict[str, Any]], methods: list[str]) -> dict[str, float]:
 
 
 def best(summary: dict[str, dict[str, Any]], curve: str) -> tuple[str, dict[str, Any]] | None:
-    """The per-layer estimator with the highest mean Kendall tau against ``curve``."""
-    ranked = [(m, s[curve]["kendall"]) for m, s in summary.items() if curve in s and "kendall" in s[curve]]
+    """The per-layer estimator (depth alone aside) with the highest mean Kendall tau against ``curve``."""
+    ranked = [(m, s[curve]["kendall"]) for m, s in summary.items()
+              if m != DEPTH and curve in s and s[curve]["kendall"]["mean"] is not None]
     return max(ranked, key=lambda ms: ms[1]["mean"]) if ranked else None
-
-
-def table(summary: dict[str, dict[str, Any]], cost: dict[str, float]) -> tuple[list[str], list[list[str]]]:
-    fanout = sum(v for k, v in cost.items() if k.startswith("fan-out"))
-    header = ["estimator", "what it scores"] + [f"{stat} vs {CURVE_NAMES[c]}" for c in CURVES
-                                                 for stat in ("Kendall tau", "Spearman rho")] + \
-        ["replicates", "core-s per replicate", "fan-out / estimator cost"]
-    rows = []
-    for method, s in summary.items():
-        if method in WHOLE_NETWORK:
-            cells = [f"one score per network: {_ci(s['score'])}", "", "", ""]
-            count = s["score"]["replicates"]
-        else:
-            cells = [_ci(s.get(c, {}).get(stat)) for c in CURVES for stat in ("kendall", "spearman")]
-            count = max((v["replicates"] for c in s.values() for v in c.values()), default=0)
-        ratio = f"{fanout / cost[method]:,.0f}x" if cost[method] > 0 and fanout else ""
-        rows.append([NAMES[method], WHAT[method], *cells, str(count), f"{cost[method]:.3g}", ratio])
-    return header, rows
-
-
-def figure(reps: list[dict[str, Any]], summary: dict[str, dict[str, Any]], cost: dict[str, float],
-           layers: list[int], path: Path) -> None:
-    """Left: every per-layer score and the measured curves against n, each scaled to [0, 1] within its
-    replicate, then averaged; middle: Kendall's tau with its 95% interval; right: what each costs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def scaled(v: list[float]) -> np.ndarray:
-        a = np.asarray(v, dtype=np.float64)
-        span = a.max() - a.min()
-        return (a - a.min()) / span if span > 0 else np.full_like(a, 0.5)
-
-    per_layer = [m for m in summary if m not in WHOLE_NETWORK]
-    colors = dict(zip(per_layer, plt.get_cmap("tab10").colors, strict=False))
-    if not reps:
-        fig, ax = plt.subplots(figsize=(7, 2))
-        ax.text(0.5, 0.5, "no estimators configured (estimators.methods is empty)", ha="center")
-        ax.axis("off")
-        _save(fig, path)
-        return
-    fig, axes = plt.subplots(1, 3, figsize=(19, 5.2), gridspec_kw={"width_ratios": [1.3, 1, 1]})
-    ax = axes[0]
-    for curve, style in zip(CURVES, ("-", "--"), strict=True):
-        curves = [scaled(r["measured"][curve]["top1_kbest"]) for r in reps if curve in r["measured"]]
-        if curves:
-            ax.plot(layers, np.mean(curves, axis=0), color="black", lw=3, ls=style,
-                    label=f"measured {CURVE_NAMES[curve]}")
-    for m in per_layer:
-        ax.plot(layers, np.mean([scaled(r["scores"][m]) for r in reps], axis=0), marker="o", color=colors[m],
-                label=NAMES[m])
-    ax.set_xlabel("n: layers of the source base (copied, for the measured curves)")
-    ax.set_ylabel("scaled to [0, 1] within each replicate, mean")
-    ax.set_title(f"Scores against n beside the measured top-1 ({len(reps)} replicates)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    for i, curve in enumerate(CURVES):
-        for j, m in enumerate(per_layer):
-            e = summary[m].get(curve, {}).get("kendall")
-            if not e:
-                continue
-            y = j + (i - 0.5) * 0.3
-            err = None if not e["ci95"] else [[e["mean"] - e["ci95"][0]], [e["ci95"][1] - e["mean"]]]
-            ax.errorbar(e["mean"], y, xerr=err, fmt="o" if i == 0 else "s", color=colors[m], capsize=3,
-                        mfc=colors[m] if i == 0 else "white", label=CURVE_NAMES[curve] if j == 0 else None)
-    ax.axvline(0, color="#555555", lw=1)
-    ax.set_yticks(range(len(per_layer)), [NAMES[m] for m in per_layer])
-    ax.set_xlim(-1.05, 1.05)
-    ax.set_xlabel("Kendall's tau with the measured top-1 over n (95% interval)")
-    ax.set_title("Does the score rank the layers as training does?")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
-    ax = axes[2]
-    names = list(cost)
-    ax.barh(range(len(names)), [max(cost[k], 1e-6) for k in names],
-            color=[colors.get(k, "#999999") if not k.startswith("fan-out") else "black" for k in names])
-    ax.set_xscale("log")
-    ax.set_yticks(range(len(names)), [NAMES.get(k, k.replace("-ft", "+")) for k in names])
-    ax.set_xlabel("core-seconds per replicate (log scale)")
-    ax.set_title("Cost: every n scored, against training the fan-out", fontsize=11)
-    ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
 
 
 def load_comparison(out_dir: str | Path = runs.REPORT_DIR) -> dict[str, Any]:
@@ -337,10 +400,10 @@ def load_comparison(out_dir: str | Path = runs.REPORT_DIR) -> dict[str, Any]:
 
 
 def compare(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) -> Path:
-    """The `estimators` stage: estimators.md (the table and which estimator tracks best), estimators.png, and
-    estimators.json, whose ``metrics`` (rank correlations and scores: the same bits from the same runs) the
-    report merges into metrics.json; the costs, which differ from run to run, stay out of it."""
-    from .tables import markdown
+    """The `estimators` stage: estimators.md (the table, depth beside every estimator, and which beat it),
+    estimators.png, and estimators.json, whose ``metrics`` (rank correlations and scores: the same bits from
+    the same runs) the report merges into metrics.json; the costs, which differ from run to run, stay out of it."""
+    from .estimator_report import claims, figure, markdown, table
 
     out = Path(out_dir)
     methods, layers = params["estimators"]["methods"], params["experiment"]["layers"]
@@ -348,32 +411,13 @@ def compare(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) -> Pa
     summary = pooled(reps, methods) if reps else {}
     cost = costs(reps, methods) if reps else {}
     header, rows = table(summary, cost) if reps else ([], [])
-    lines = ["# Transferability estimators against the measured fan-out\n"]
-    if reps:
-        lines += [f"Every score is computed on the source base's features of the target half's training images "
-                  f"({reps[0]['images']} per replicate), per n in {layers} where it reads a layer, and ranked against "
-                  "the measured top-1 of the networks that copy layers 1..n (Kendall's tau, Spearman's rho); a "
-                  f"replicate is one split, seed and target half ({len(reps)}; both directions pooled, BnA counted as "
-                  "AnB), the interval Student's t at 95% over them. Cost: CPU seconds of the estimator's "
-                  f"arithmetic (compute.threads = {reps[0]['threads']}), against wall seconds x threads of training "
-                  "the fan-out.\n",
-                  markdown(header, rows)]
-        for curve in CURVES:
-            if top := best(summary, curve):
-                lines.append(f"Tracks {CURVE_NAMES[curve]} best: **{NAMES[top[0]]}**, Kendall tau {_ci(top[1])} "
-                             f"over {top[1]['replicates']} replicate(s).\n")
-        fanout = sum(v for k, v in cost.items() if k.startswith("fan-out"))
-        lines.append(f"All estimators together cost {sum(cost[m] for m in methods):.2f} core-s per replicate; "
-                     f"training the fan-out they predict cost {fanout:.0f} core-s (" + ", ".join(
-                         f"{k.removeprefix('fan-out ')} {v:.0f}" for k, v in cost.items() if k.startswith("fan-out"))
-                     + ").\n")
-    else:
-        lines.append("No estimators configured (`estimators.methods` is empty).\n")
-    write_text(out / "estimators.md", "\n".join(lines))
+    said = claims(summary) if reps else []
+    write_text(out / "estimators.md", markdown(reps, summary, cost, layers, header, rows, said))
     figure(reps, summary, cost, layers, out / "estimators.png")
     dest = out / "estimators.json"
     write_json(dest, {"metrics": summary, "replicates": reps, "cost_core_s": cost,
-                      "table": {"header": header, "rows": rows}})
-    print(f"estimators: {len(reps)} replicates, {', '.join(methods) or 'none'} -> {out / 'estimators.md'}",
-          file=sys.stderr)
+                      "table": {"header": header, "rows": rows}, "claims": said})
+    units = len({(r["split"], r["seed"]) for r in reps})
+    print(f"estimators: {len(reps)} records in {units} replicate units, {', '.join(methods) or 'none'} -> "
+          f"{out / 'estimators.md'}", file=sys.stderr)
     return dest
