@@ -101,10 +101,12 @@ from the other half's features and from the target's own.</p>
 random training splits where there are several.</p>
 {fne}
 <img src="probes.png" alt="Linear probe accuracy per layer">
-<h2>Transferability estimators against the measured fan-out</h2>
+<h2>Transferability estimators against the measured fan-out, and against depth alone</h2>
 <p>Scores from features alone, per layer n of the source base, ranked against the measured top-1 of AnB
-and AnB+ over n (mean over replicates, 95% interval); cost in core-seconds per replicate
-(<code>estimators.md</code>).</p>
+and AnB+ over n (mean over replicate units, 95% interval), beside depth alone (score = -n): an estimator
+<b>beats depth</b> where its gain over depth (its Kendall tau minus depth's, per unit) has an interval above 0.
+(a) and (b) ask what depth cannot answer: which source transfers better at the same n, and which replicate's
+transfer drops more below its base. Cost in core-seconds per replicate (<code>estimators.md</code>).</p>
 {estimators}
 <img src="estimators.png" alt="Transferability estimators against n, their rank correlations and costs">
 <h2>Learning curves</h2>
@@ -216,6 +218,7 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
         boost=html_table(*boost) if boost else "<p>No AnB+ and BnB+ runs to compare.</p>",
         decomposition=html_table(d_header, d_table), runs=html_table(COLUMNS, run_table),
         fne=html_table(f_header, f_table) if embeds else "<p>No feature extraction configured.</p>",
-        estimators=html_table(estimators["table"]["header"], estimators["table"]["rows"]),
+        estimators=html_table(estimators["table"]["header"], estimators["table"]["rows"])
+        + "".join(f"<p>{html.escape(line)}</p>" for line in estimators.get("claims", [])),
         provenance=html.escape(provenance)))
     print(f"report: {out / 'index.html'} ({len(rows)} runs)")
