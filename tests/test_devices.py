@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferability import devices
+from transferability import devices, stages
 from transferability import params as tparams
 from transferability.devices import (
     card_names,
@@ -292,3 +292,14 @@ def test_a_lock_folder_this_user_cannot_write_is_one_line_naming_the_fix():
     assert said.startswith(f"UserError: cannot use the GPU lock folder {locks} (Permission denied: ") and (
         "set compute.gpu_lock_dir to a folder this user can write (default /tmp/transferability-gpu-locks-{uid}"
         in said) and "\n" not in said
+
+
+def test_the_features_stage_runs_on_compute_device(params, tmp_path, monkeypatch):
+    """features sets up as a training job does (devices.setup): before, it ran on the CPU whatever
+    compute.device said (an ImageNet dump: ~1.3M CaffeNet forward passes on 4 threads)."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.chdir(tmp_path)
+    params["compute"]["device"] = "cuda"
+    with pytest.raises(UserError, match=r"^compute.device is 'cuda' but torch finds no CUDA device here \("):
+        stages.features(params, "random0", 0, "baseB", "B")

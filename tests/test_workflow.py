@@ -257,7 +257,7 @@ def test_dvc_exp_run_and_metrics_diff(dvc_ws):
     assert "train.lr" in show and "0.05" in show
 
 
-def test_gpu_plan_asks_one_gpu_per_training_job(tmp_path):
+def test_gpu_plan_asks_one_gpu_per_training_and_features_job(tmp_path):
     params = yaml.safe_load(SMOKE.read_text())
     params["compute"]["device"] = "cuda"
     gpu_params = tmp_path / "gpu.yaml"
@@ -267,7 +267,9 @@ def test_gpu_plan_asks_one_gpu_per_training_job(tmp_path):
     train = [j for j in jobs if j["rule"].startswith("train")]
     assert len(train) == NETWORKS
     assert all("gpu=1" in j["resources"] for j in train)
-    assert all("gpu=" not in j["resources"] for j in jobs if not j["rule"].startswith("train"))
+    assert any(j["rule"] == "features" for j in jobs)  # the dumps run on compute.device too
+    assert all(("gpu=1" in j["resources"]) == (j["rule"].startswith("train") or j["rule"] == "features")
+               for j in jobs)
     dry = sh(["dvc", "repro", "--dry", "--force"], ws).stdout
     assert sorted(stage_command(c) for c in re.findall(r"^> (.*)$", dry, re.M)) == sorted(j["cmd"] for j in jobs)
 

@@ -110,26 +110,29 @@ def load_torchvision(arch: str, weights: str | Path) -> nn.Module:
 def extract(net: nn.Module, taps: dict[str, nn.Module], images: np.ndarray, mean: list[float],
             std: list[float], batch_size: int, label: str = "features",
             input_shape: tuple[int, int] | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """Run ``images`` through ``net`` in eval mode; return (N, D) float32 and the column index.
+    """Run ``images`` through ``net`` in eval mode, on the network's device; return (N, D) float32
+    (on the host) and the column index.
 
     ``input_shape`` (channels, side) adapts images to a network made for other inputs (a torchvision
     model on 28x28 grayscale): channels are repeated and the side resized, after normalisation."""
     net.eval()
+    device = next(net.parameters()).device  # a batch goes where the network is; activations come back
     tap = LayerTaps(taps)
     c = input_shape[0] if input_shape else images.shape[1]
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     chunks: list[np.ndarray] = []
     index: list[dict[str, Any]] = []
     bar = progress.bar(len(images), label, "img", unit_scale=True)
     try:
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).float()
+            # uint8 to the device, a quarter of float32's bytes; converted there
+            x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device).float()
             if input_shape:
                 x = nn.functional.interpolate(x.expand(-1, c, -1, -1), size=input_shape[1], mode="bilinear",
                                               align_corners=False)
             net((x - m) / s)
-            chunks.append(torch.cat([tap.outputs[n] for n in tap.names], dim=1).numpy())
+            chunks.append(torch.cat([tap.outputs[n] for n in tap.names], dim=1).cpu().numpy())
             if not index:
                 start = 0
                 for n in tap.names:

@@ -268,14 +268,16 @@ def extractor(params: dict[str, Any], job: FeatureJob, store: Any,
 
 
 def features(params: dict[str, Any], split_name: str, seed: int, network: str, target: str) -> Path:
-    """Dump every unit's activations of a network on a target (eval mode, CPU), in resumable shards:
-    units 1..L-1 in features.npy, and the classifier's logits over the source's own classes (fc8, the
-    head) apart in logits.npy, for the estimators that read the source's predictions (LEEP, NCE)."""
+    """Dump every unit's activations of a network on a target (eval mode, on compute.device: a card
+    claimed as a training job claims it), in resumable shards: units 1..L-1 in features.npy, and the
+    classifier's logits over the source's own classes (fc8, the head) apart in logits.npy, for the
+    estimators that read the source's predictions (LEEP, NCE)."""
     job = FeatureJob(split_name, seed, network, target)
-    torch.set_num_threads(params["compute"]["threads"])
+    device = setup(params["compute"])
     store = load_store(runs.prepared_path(params))
     split_data = read_split(split_name)
     net, taps, mean, std, shape, weights = extractor(params, job, store, split_data)
+    net.to(device)  # in place: the taps stay the network's modules
     crop = params["train"].get("crop")
     if target == "digits":
         tgt = digits(store.images["train"].shape[1], input_size(store.images["train"].shape[-1], crop))

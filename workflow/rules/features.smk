@@ -17,6 +17,7 @@ rule features:
         digest=params_digest("dataset", "model", "train", "evaluate", "features"),
     threads: THREADS
     resources:
+        gpu=int(USES_GPU),  # the dump runs on compute.device, as training does
         mem_mb=features_mem_mb,
         runtime=60,
     conda:
