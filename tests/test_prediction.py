@@ -109,8 +109,11 @@ def test_scores_rank_the_layers_as_the_measured_curves_do(synthetic):
             "replicate unit)"
     # (a) the target's own base (BnB) against A's (AnB) at each n: CKA of baseB with itself is 1, and BnB is the
     # better source at every n, so CKA ranks the two sources right at all 7 n; the random networks have no dumps
-    assert metrics["cka"]["sources"] == {"mean": 1.0, "std": None, "ci95": None, "replicates": 1, "dropped": 0,
-                                         "sources": ["AnB", "BnB"]}
+    cka = metrics["cka"]["sources"]
+    assert (cka["mean"], cka["ci95"], cka["replicates"], cka["dropped"], cka["sources"]) == \
+        (1.0, None, 1, 0, ["AnB", "BnB"])
+    # CKA puts the target's own base first by construction (1 against itself): no better than the fixed order
+    assert metrics["order"]["sources"]["mean"] == 1.0 and cka["gain_over_order"]["mean"] == 0.0
     assert "drop" not in metrics["cka"]   # (b) needs 3 units or more across which to order the drop
     cost = result["cost_core_s"]
     assert cost["fan-out AnB"] == 2 * 10.0 * sum(LAYERS) and cost["fan-out AnB-ft"] == 2 * 20.0 * 7
@@ -227,18 +230,26 @@ def test_an_estimator_that_knows_more_than_depth_beats_it_and_one_that_knows_les
 
 
 def test_ranking_the_sources_at_each_n_is_what_depth_cannot_do():
-    anb = [0.9, 0.8, 0.7]
+    """(a): a score that follows the measured top-1 of BnB, AnB and RnB at each n ranks them right, and beats
+    the fixed order (own base, other half's, random) where random filters at n = 1 beat the other half's."""
+    anb, bnb = [0.9, 0.8, 0.7], [0.95] * 3
     reps = []
-    for k in range(3):
-        srcs = {"AnB": {"scores": {"right": [1.0, 1.0, 1.0], "wrong": [2.0, 2.0, 2.0]}, "top1_kbest": anb},
-                "BnB": {"scores": {"right": [2.0, 2.0, 2.0], "wrong": [1.0, 1.0, 1.0]}, "top1_kbest": [0.95] * 3},
-                "RnB": {"scores": {"right": [0.0, 0.0, -1.0], "wrong": [3.0, 3.0, 3.0]}, "top1_kbest": [0.5, 0.4, 0.2]}}
-        reps.append(record(f"random{k}", "B", {"right": [1.0] * 3, "wrong": [2.0] * 3}, anb, sources=srcs))
+    for k in range(5):
+        rnb = [0.92 if k < 4 else 0.5, 0.4, 0.2]   # in four units of five, random filters beat AnB at n = 1
+        srcs = {"AnB": {"scores": {"right": anb, "wrong": [2.0] * 3}, "top1_kbest": anb},
+                "BnB": {"scores": {"right": bnb, "wrong": [1.0] * 3}, "top1_kbest": bnb},
+                "RnB": {"scores": {"right": rnb, "wrong": [3.0] * 3}, "top1_kbest": rnb}}
+        reps.append(record(f"random{k}", "B", {"right": anb, "wrong": [2.0] * 3}, anb, sources=srcs))
     summary = prediction.pooled(reps, ["right", "wrong"])
-    assert summary["right"]["sources"]["mean"] == 1.0 and summary["right"]["sources"]["replicates"] == 3
-    assert summary["wrong"]["sources"]["mean"] == -1.0   # R on top, BnB last: the measured order reversed
-    assert summary["right"]["sources"]["sources"] == ["AnB", "BnB", "RnB"]
+    right, wrong, order = summary["right"]["sources"], summary["wrong"]["sources"], summary["order"]["sources"]
+    assert right["mean"] == 1.0 and right["replicates"] == 5 and right["sources"] == ["AnB", "BnB", "RnB"]
+    assert order["mean"] == pytest.approx((4 * (1 / 3 + 2) / 3 + 1) / 5, abs=1e-6)   # tau 1/3 where R > A
+    assert right["gain_over_order"]["ci95"][0] > 0 and right["gain_over_order"]["verdict"] == "beats the fixed order"
+    assert wrong["mean"] < 0 and wrong["gain_over_order"]["verdict"].startswith("does not beat the fixed order")
     assert "sources" not in summary["depth"]
+    from transferability import estimator_report
+
+    assert "Beat the fixed order: right." in estimator_report.claims(summary)[-1]
 
 
 def test_the_score_orders_the_drop_below_the_base_across_replicates():

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path
-from .prediction import CURVE_NAMES, CURVES, DEPTH, NAMES, WHAT, WHOLE_NETWORK, best
+from .prediction import CURVE_NAMES, CURVES, DEPTH, NAMES, ORDER, WHAT, WHOLE_NETWORK, best
 
 
 def _name(method: str) -> str:
@@ -37,6 +37,8 @@ def _units(s: dict[str, Any]) -> str:
     cells = [v for c in CURVES if c in s for k, v in s[c].items() if k in ("kendall", "spearman")]
     if "score" in s:
         cells = [s["score"]]
+    if not cells and "sources" in s:
+        cells = [s["sources"]]
     if not cells:
         return "0"
     used, dropped = min(v["replicates"] for v in cells), max(v.get("dropped", 0) for v in cells)
@@ -67,9 +69,13 @@ def table(summary: dict[str, dict[str, Any]], cost: dict[str, float]) -> tuple[l
         elif method == DEPTH:
             cells = [x for c in CURVES for x in (_ci(s.get(c, {}).get("kendall")), "")]
             cells += ["cannot: every source has the same n", "cannot: the same n in every replicate"]
+        elif method == ORDER:
+            cells = ["", "", "", "", _ci(s["sources"]), "cannot: the same order in every replicate"]
         else:
             cells = [x for c in CURVES for x in (_ci(s.get(c, {}).get("kendall")), _gain(s.get(c, {})))]
-            cells += [_ci(s.get("sources")), _drop(s.get("drop"))]
+            a = s.get("sources")
+            cells += [f"{_ci(a)}; gain over the fixed order {_ci(a['gain_over_order'])}: "
+                      f"{a['gain_over_order']['verdict']}" if a else "", _drop(s.get("drop"))]
         spent = cost.get(method, 0.0)
         ratio = f"{fanout / spent:,.0f}x" if spent > 0 and fanout else ""
         rows.append([_name(method), WHAT.get(method, ''), *cells, _units(s), f"{spent:.3g}", ratio])
@@ -95,13 +101,16 @@ def claims(summary: dict[str, dict[str, Any]]) -> list[str]:
             text += (f" Tracks it best among the estimators: {_name(top[0])}, Kendall tau {_ci(top[1])}, "
                      f"gain over depth {_ci(summary[top[0]][curve]['gain_over_depth'])}.")
         out.append(text)
-    ranked = {m: s["sources"] for m, s in summary.items() if "sources" in s}
+    ranked = {m: s["sources"] for m, s in summary.items() if "sources" in s and m != ORDER}
     if ranked:
+        order = summary.get(ORDER, {}).get("sources")
         srcs = next(iter(ranked.values()))["sources"]
-        right = [_name(m) for m, e in ranked.items() if e["ci95"] and e["ci95"][0] > 0]
+        beat = [_name(m) for m, e in ranked.items() if e["gain_over_order"]["verdict"] == "beats the fixed order"]
         out.append(f"(a) Ranking the sources a target transfers from ({', '.join(srcs)}) at each n, where depth "
                    "cannot tell them apart: " + ", ".join(f"{_name(m)} {_ci(e)}" for m, e in ranked.items())
-                   + (f"; above 0: {', '.join(right)}." if right else "; none with an interval above 0."))
+                   + (f"; the fixed order (own base, the other half's, random filters) {_ci(order)}" if order else "")
+                   + (f". Beat the fixed order: {', '.join(beat)}." if beat else
+                      ". No estimator beats the fixed order."))
     drops = {m: s["drop"] for m, s in summary.items() if "drop" in s}
     if drops:
         out.append("(b) Ordering the measured drop AnB(n) - base across replicates at each n, where depth is the same "
@@ -168,7 +177,7 @@ def figure(reps: list[dict[str, Any]], summary: dict[str, dict[str, Any]], cost:
         span = a.max() - a.min()
         return (a - a.min()) / span if span > 0 else np.full_like(a, 0.5)
 
-    per_layer = [m for m in summary if m not in WHOLE_NETWORK and m != DEPTH]
+    per_layer = [m for m in summary if m not in WHOLE_NETWORK and m not in (DEPTH, ORDER)]
     colors = dict(zip(per_layer, plt.get_cmap("tab10").colors, strict=False))
     colors[DEPTH] = "black"
     if not reps:

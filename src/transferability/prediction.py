@@ -51,7 +51,9 @@ WHAT = {"logme": "max. evidence of a linear model, per image", "leep": "source c
 CURVES = {"AnB": "", "AnB-ft": "-ft"}  # measured curve -> variant suffix; both directions pooled (BnA is AnB)
 CURVE_NAMES = {"AnB": "AnB (frozen)", "AnB-ft": "AnB+ (fine-tuned)"}
 DEPTH = "depth"  # the trivial predictor: score = -n, the deeper the copied layer the worse
-NAMES["depth"], WHAT["depth"] = "depth alone", "score = -n: the deeper layer n, the worse (the trivial predictor)"
+ORDER = "order"  # (a)'s trivial predictor: the target's own base first, the other half's next, random filters last
+NAMES[DEPTH], WHAT[DEPTH] = "depth alone", "score = -n: the deeper layer n, the worse (the trivial predictor)"
+NAMES[ORDER], WHAT[ORDER] = "fixed order", "(a) only: own base first, the other half's next, random filters last"
 
 
 class Dump:
@@ -293,41 +295,58 @@ def _gain(r: dict[str, Any], method: str, curve: str) -> float | None:
     return None if est is None or dep is None else est - dep
 
 
-def beats_depth(gain: dict[str, Any]) -> str:
-    """'beats depth' where the gain's interval lies above 0, else 'does not beat depth' and why."""
+def beats(gain: dict[str, Any], what: str = "depth") -> str:
+    """'beats <what>' where the gain's interval lies above 0, else 'does not beat <what>' and why."""
     if gain["mean"] is None or gain["ci95"] is None:
-        return "does not beat depth (no interval: one replicate unit)"
+        return f"does not beat {what} (no interval: one replicate unit)"
     est = Estimate(gain["mean"], gain["std"], gain["ci95"][0], gain["ci95"][1], gain["replicates"])
-    return {"holds": "beats depth", "does not hold": "does not beat depth (depth ranks better)",
-            "inconclusive": "does not beat depth (interval includes 0)"}[verdict(est)]
+    return {"holds": f"beats {what}", "does not hold": f"does not beat {what} ({what} ranks better)",
+            "inconclusive": f"does not beat {what} (interval includes 0)"}[verdict(est)]
+
+
+def _order(variant: str, target: str) -> float:
+    """The fixed order's score of a source: own base 3, the other half's 2, random filters 1."""
+    return 1.0 if variant.startswith("R") else 3.0 if variant[0] == target else 2.0
 
 
 def rank_sources(r: dict[str, Any], method: str) -> list[float | None]:
     """Comparison (a) in one record: at each n, Kendall's tau between the sources' scores on their layer n
-    and their measured top-1 (None with fewer than two sources, or ties)."""
-    srcs = [s for s in r["sources"].values() if method in s["scores"]]
+    (or the fixed order's) and their measured top-1 (None with fewer than two sources, or ties)."""
+    srcs = [(v, s) for v, s in r["sources"].items() if method == ORDER or method in s["scores"]]
     if len(srcs) < 2:
         return []
-    return [_tau([s["scores"][method][i] for s in srcs], [s["top1_kbest"][i] for s in srcs])
-            for i in range(len(srcs[0]["top1_kbest"]))]
+    score = (lambda v, s, i: _order(v, r["target"])) if method == ORDER else (lambda v, s, i: s["scores"][method][i])
+    return [_tau([score(v, s, i) for v, s in srcs], [s["top1_kbest"][i] for _, s in srcs])
+            for i in range(len(srcs[0][1]["top1_kbest"]))]
+
+
+def _mean_defined(values: list[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
+    return mean(defined) if defined else None
 
 
 def sources_pooled(reps: list[dict[str, Any]], method: str) -> dict[str, Any] | None:
     """(a) pooled: per record the mean tau over n, per unit over its target halves, t interval over units;
-    ``dropped`` counts the (record, n) where the ranking was undefined."""
+    ``dropped`` counts the (record, n) where the ranking was undefined; for an estimator, its gain over the
+    fixed order (tau minus the order's, at the same n) pooled the same way."""
     per = {id(r): rank_sources(r, method) for r in reps}
     if not any(per.values()):
         return None
-    out = pool(reps, lambda r: mean(v) if (v := [t for t in per[id(r)] if t is not None]) else None)
+    out = pool(reps, lambda r: _mean_defined(per[id(r)]))
     out["dropped"] = sum(t is None for v in per.values() for t in v)
     out["sources"] = sorted({v for r in reps for v in r["sources"]})
+    if method != ORDER:
+        order = {id(r): rank_sources(r, ORDER) for r in reps}
+        out["gain_over_order"] = gain = pool(reps, lambda r: _mean_defined(
+            [None if a is None or b is None else a - b for a, b in zip(per[id(r)], order[id(r)], strict=True)]))
+        gain["verdict"] = beats(gain, "the fixed order")
     return out
 
 
 def orders_drop(reps: list[dict[str, Any]], method: str, layers: list[int]) -> dict[str, Any] | None:
     """(b): at each n, Kendall's tau across replicate units between the source's score on layer n and the
-    measured AnB(n) - base (one value per unit: the mean over its target halves, for the score and the
-    drop alike, as scores of different targets are not comparable: per target half, then averaged)."""
+    measured AnB(n) - base, within each target half (scores on different targets are not comparable), then
+    averaged over the target halves; ``p`` is the largest of their exact two-sided p-values."""
     by_n: dict[int, dict[str, Any]] = {}
     for i, n in enumerate(layers):
         taus, ps, units = [], [], 0
@@ -355,7 +374,11 @@ def pooled(reps: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str
     scores (LEEP, NCE) pooled as they are."""
     out: dict[str, dict[str, Any]] = {}
     layers = reps[0]["layers"] if reps else []
-    for method in [DEPTH, *methods]:
+    for method in [DEPTH, ORDER, *methods]:
+        if method == ORDER:
+            if (order := sources_pooled(reps, ORDER)) is not None:
+                out[ORDER] = {"sources": order}
+            continue
         if method in WHOLE_NETWORK:
             out[method] = {"score": pool(reps, lambda r, m=method: r["scores"][m])}
             continue
@@ -367,7 +390,7 @@ def pooled(reps: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str
                      for stat in ("kendall", "spearman")}
             if method != DEPTH:
                 entry["gain_over_depth"] = gain = pool(reps, lambda r, m=method, c=curve: _gain(r, m, c))
-                gain["verdict"] = beats_depth(gain)
+                gain["verdict"] = beats(gain)
             out[method][curve] = entry
         if method != DEPTH:
             if (a := sources_pooled(reps, method)) is not None:
