@@ -148,3 +148,30 @@ def test_the_verdicts_and_the_budget_check_go_into_json_as_the_report_writes_the
     back = json.loads(json.dumps({"budget_check": check, "findings": found}))
     assert back["budget_check"]["passes"] is True and back["budget_check"]["by_n"]["4"]["within_margin"] is True
     assert back["findings"]["fine-tuning boost"]["verdict"] in ("holds", "does not hold", "inconclusive")
+
+
+def not_learning(rows: list[dict], which: set[tuple]) -> list[dict]:
+    """``rows`` with the runs (split, seed, family, n) in ``which`` marked learned: false (health.py)."""
+    return [{**r, "learned": (r["split"], r["seed"], r["family"], r["n"]) not in which} for r in rows]
+
+
+def test_each_finding_says_whether_its_estimate_includes_networks_that_did_not_learn():
+    """R7B of seed 1 read by the random-filters finding (n = 1 and 7) only; R4B by none; a dissimilar
+    A5B by the dissimilar-split finding only; a BnB at n = 4 by specificity and the dip."""
+    from transferability.findings import as_json, table
+
+    rows = not_learning(runs(4), {("random0", 1, "RnB", 7), ("random0", 2, "RnB", 4), ("dissimilar", 3, "AnB", 5),
+                                  ("random0", 0, "BnB", 4)})
+    found = {f["finding"]: f for f in evaluate(rows, ["random0"], ["dissimilar"])}
+    assert {k: f["not_learned"] for k, f in found.items()} == {
+        "specificity": ["random0/seed0/B4B"], "fragile co-adaptation": ["random0/seed0/B4B"],
+        "fine-tuning boost": [], "dissimilar tasks transfer worse": ["dissimilar/seed3/A5B"],
+        "random frozen filters": ["random0/seed1/R7B"]}
+    header, cells = table(list(found.values()))
+    column = {row[0]: row[header.index("includes networks that did not learn")] for row in cells}
+    assert column["fine-tuning boost"] == "no" and column["random frozen filters"] == "yes, 1: random0/seed1/R7B"
+    assert as_json(list(found.values()))["random frozen filters"]["not_learned"] == ["random0/seed1/R7B"]
+    clean = evaluate(not_learning(runs(4), set()), ["random0"], ["dissimilar"])
+    assert all(f["not_learned"] == [] for f in clean)
+    # the estimates themselves do not change: the networks are marked, not dropped
+    assert [f["estimate"] for f in clean] == [f["estimate"] for f in found.values()]

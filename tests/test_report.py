@@ -133,3 +133,47 @@ def test_the_page_and_the_pooled_panel_count_what_ran(params):
     assert text.startswith("40 networks on fashion_mnist (small model, 8 units: conv1 ... fc8): split random0, seed 0; "
                            "the dissimilar-task control on split natman, seeds 0, 1; ")
     assert "dissimilar dissimilar" not in text
+
+
+def test_networks_that_did_not_learn_are_ringed_counted_and_named(tmp_path):
+    """Figure 2 rings them (its legend says what the ring means), the accuracy table and metrics.json
+    count them per cell and in all, the page names them; a run with none says so."""
+    import matplotlib.pyplot as plt
+
+    from transferability.architecture import ALEXNET_UNITS
+    from transferability.figures import _pooled_panel, _split_panel
+    from transferability.report import health_words
+    from transferability.tables import metrics_json, variant_table
+
+    from .test_findings import runs
+
+    def slugged(rows):
+        return [{**r, "top1": r["top1_kbest"], "slug": r["family"].replace("n", str(r["n"]), 1).replace("+", "-ft"),
+                 "network": r["family"].replace("n", str(r["n"]), 1), "versions": {}, "run_seed": 0} for r in rows]
+
+    rows = slugged([r for r in runs(3) if r["split"] == "random0"])
+    rows = [{**r, "learned": not (r["family"] == "RnB" and r["n"] == 5 and r["seed"] > 0)} for r in rows]
+    summary = summarise(rows)
+    fig, (a, b) = plt.subplots(1, 2)
+    _split_panel(a, rows, summary, "random0", "B", False, ALEXNET_UNITS)
+    _pooled_panel(b, rows, ["random0"], 3)
+    ring = [t.get_text() for t in a.get_legend().get_texts() if t.get_text().startswith("did not learn")]
+    assert ring == ["did not learn: loss at ln C, top-1 at chance"]
+    (ringed,) = [c for c in a.collections if c.get_label() == ring[0]]
+    assert sorted(ringed.get_offsets()[:, 1]) == sorted(r["top1_kbest"] for r in rows if not r["learned"])
+    assert any("a mean that includes them" in t.get_text() for t in b.get_legend().get_texts())
+    plt.close(fig)
+    header, table = variant_table(summary)
+    cell = next(row for row in table if row[:2] == ["random0", "RnB"])[header.index("n=5")]
+    assert cell == f"{summary[('random0', 'RnB', 5)]['top1_kbest']:.4f} (2 of 3 did not learn)"
+    params = {"experiment": {"seeds": [0, 1, 2]}, "dataset": {}, "model": {}, "train": {}, "evaluate": {}}
+    metrics = metrics_json(summary, [], rows, params)
+    assert metrics["random0"]["RnB"]["n5"]["not_learned"] == 2 and "not_learned" not in metrics["random0"]["RnB"]["n4"]
+    health = metrics["training_health"]
+    assert (health["networks"], health["not_learned"]) == (len(rows), 2)
+    assert health["not_learned_networks"] == ["random0/seed1/R5B", "random0/seed2/R5B"]
+    assert health_words(rows).startswith(f"2 of {len(rows)} networks did not learn: ")
+    assert "random0/seed1/R5B, random0/seed2/R5B" in health_words(rows)
+    healthy = [{**r, "learned": True} for r in rows]
+    assert health_words(healthy).startswith(f"Every one of the {len(rows)} networks learned")
+    assert metrics_json(summarise(healthy), [], healthy, params)["training_health"]["not_learned"] == 0

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+import subprocess
 
 import pytest
+import torch
+import yaml
 
-from transferability import stages
+from transferability import health, stages
 from transferability.data import chunks
-from transferability.training import eval_steps, k_best, lr_at
+from transferability.errors import UserError
+from transferability.training import Window, eval_steps, k_best, lr_at
+
+from .conftest import ENV
 
 
 def test_step_decay_at_fractions_of_the_budget():
@@ -47,6 +55,7 @@ def test_same_seed_gives_an_identical_metrics_file(tmp_path, params):
     assert m["network"] == "baseB" and m["seed"] == 0 and m["versions"]["torch"]
     assert m["params"]["train"] == params["train"] and len(m["evals"]) == params["train"]["epochs"]
     assert 0.2 < m["top1"] <= 1.0  # better than chance (0.2) on 5 classes
+    assert m["learned"] is True
     timing = json.loads((run / "timing.json").read_text())
     assert timing["wall_time_s"] > 0 and timing["images_per_s"] > 0
     # A finished checkpoint of the same run is reused: the re-run ends with the same bytes.
@@ -121,3 +130,67 @@ def test_compiling_gives_a_short_last_batch_its_own_static_graph(dynamic):
                 if n.op == "placeholder" and isinstance(n.meta.get("example_value"), torch.SymInt)]
     assert len(backend.graphs) == 2
     assert (symbolic == []) == (dynamic is False), symbolic
+
+
+LN5 = math.log(5)
+# the default run's RnB at n = 5, random2 seed 0 (issue 24): loss flat at ln 5, top-1 0.2000 on 2,500 images
+FLAT = [1.6130, 1.6133, 1.6116, 1.6099, 1.6095, 1.6096]
+
+
+def evals(losses: list[float], top1: list[float]) -> list[dict]:
+    return [{"train_loss": loss, "top1": t} for loss, t in zip(losses, top1, strict=True)]
+
+
+@pytest.mark.parametrize("losses, top1, expected", [
+    (FLAT, [0.2] * 6, False),  # at chance: the default run's flat curve
+    ([1.45, 1.30, 1.22, 1.18, 1.17, 1.16], [0.32, 0.38, 0.40, 0.40, 0.41, 0.40], True),  # learned (random4's 0.40)
+    ([LN5 - 0.0099] * 6, [0.2] * 6, False),  # borderline loss: inside the tolerance
+    ([LN5 - 0.0101] * 6, [0.2] * 6, True),  # just past it: the loss fell
+    (FLAT, [0.2] * 5 + [559 / 2500], False),  # borderline top-1: p = 0.0019 > 0.01 / 6 = 0.0017
+    (FLAT, [0.2] * 5 + [560 / 2500], True),  # p = 0.00165 < 0.00167: it left chance
+    ([1.7] * 6, [0.1] * 6, False),  # worse than chance is not learning
+])
+def test_a_network_did_not_learn_only_where_its_loss_and_its_top1_both_stayed_at_chance(losses, top1, expected):
+    assert health.learned(evals(losses, top1), 2500, 5) is expected
+
+
+def test_the_binomial_threshold_is_corrected_for_the_number_of_evaluations():
+    """One evaluation at 0.2200 (550 of 2,500, p = 0.0071) left chance; the best of six such did not."""
+    assert health.learned(evals([1.62], [0.22]), 2500, 5) is True
+    assert health.learned(evals([1.62] * 6, [0.22] * 6), 2500, 5) is False
+
+
+def test_a_non_finite_loss_names_its_first_step():
+    """Synthetic divergence: the running sum of a window that started after step 10 turns inf at its
+    third step, then nan; the window reports step 13 (1-based), its epoch and the lr then."""
+    window = Window(10, torch.device("cpu"))
+    total = 0.0
+    for loss in (1.5, 1.7, math.inf, math.nan):
+        total += loss
+        window.count(torch.tensor(total))
+    train = {"lr": 0.5, "lr_decay": 0.1, "lr_steps": [0.1]}
+    with pytest.raises(UserError) as err:
+        window.mean(torch.tensor(total), 4 * 32, "R5B", 100, 7, train)
+    assert str(err.value) == ("R5B: the training loss became nan at step 13 of 100 (epoch 2, lr 0.05): training "
+                              "diverged; lower train.lr (now 0.5) and run the stage again")
+    assert Window(0, torch.device("cpu")).mean(torch.tensor(3.0), 2, "R5B", 100, 7, train) == 1.5
+
+
+@pytest.mark.usefixtures("workspace")
+def test_a_real_run_made_to_diverge_stops_with_one_line_and_writes_nothing(tmp_path, params):
+    """The smoke run with lr 1e6 through the CLI: exit status 2, one line, no network file, no checkpoint."""
+    params["train"]["lr"] = 1e6
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run(["transferability", "--params", "params.yaml", "--threads", "1", "train", "--split",
+                           "random0", "--seed", "0", "--variant", "baseB"], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert re.fullmatch(r"error: baseB: the training loss became (nan|inf|-inf) at step \d+ of 14 \(epoch [12], "
+                        r"lr 1e\+06\): training diverged; lower train.lr \(now 1e\+06\) and run the stage again",
+                        errors[0]), errors[0]
+    assert proc.stderr.strip().splitlines()[-1] == errors[0]
+    assert not (tmp_path / "data/runs/random0/seed0/baseB/metrics.json").exists()
+    assert not list((tmp_path / "data/runs").rglob("*.*"))  # no model, curve or timing either
+    assert not (tmp_path / "data/checkpoints/random0/seed0/baseB.pt").exists()  # no diverged weights kept

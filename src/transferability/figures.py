@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from . import study  # noqa: E402
 from .architecture import ALEXNET_UNITS  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
-from .findings import over, replicates, role_minus_base, units  # noqa: E402
+from .findings import over, replicates, role_minus_base, units, unlearned  # noqa: E402
 from .runs import role  # noqa: E402
 from .tables import sizes  # noqa: E402
 
@@ -54,44 +54,52 @@ def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], ov
     if pooled:
         _pooled_panel(axes.flat[0], rows, pooled_splits or [], count, names, alexnet)
     for ax, (split, target) in zip(axes.flat[pooled:], panels, strict=False):
-        base = [r["top1_kbest"] for r in rows if r["split"] == split and r["family"] == f"base{target}"]
-        lo, hi = summary[(split, f"base{target}", 0)]["ci95"]
-        if len(base) >= BAND_RUNS:
-            ax.axhspan(lo, hi, color="#dddddd", zorder=0)
-        ax.axhline(mean(base), color="#555555", lw=1, zorder=1,
-                   label=f"base{target} (mean of {len(base)})")
-        ax.scatter([0] * len(base), base, color="white", edgecolor="black", zorder=3, s=36)
-        families = sorted({r["family"] for r in rows if r["split"] == split and r["target"] == target
-                           and not r["family"].startswith("base")}, key=lambda f: list(STYLE).index(role(f, target)))
-        for fam in families:
-            color, marker, ls = STYLE[role(fam, target)]
-            pts = [r for r in rows if r["split"] == split and r["family"] == fam]
-            jitter = {"TnT": -0.12, "TnT+": -0.04, "SnT": 0.04, "SnT+": 0.12, "RnT": 0.0}[role(fam, target)]
-            ax.scatter([r["n"] + jitter for r in pts], [r["top1_kbest"] for r in pts], color=color,
-                       marker=marker, s=28, alpha=0.8, zorder=3)
-            ns = sorted({r["n"] for r in pts})
-            ax.plot(ns, [summary[(split, fam, n)]["top1_kbest"] for n in ns], color=color, ls=ls, lw=1.8,
-                    label=fam, zorder=2)
-            if min(summary[(split, fam, n)]["runs"] for n in ns) >= BAND_RUNS:
-                _band(ax, [summary[(split, fam, n)]["ci95"] for n in ns], ns, color)
-        if overlay and alexnet:
-            published = study.points(split, target)
-            for rl in ("TnT", "TnT+", "SnT", "SnT+"):
-                pts = [p for p in published if p["role"] == rl]
-                if pts:
-                    ax.scatter([p["n"] for p in pts], [p["top1"] for p in pts], facecolor="none",
-                               edgecolor=STYLE[rl][0], marker=STYLE[rl][1], s=60, zorder=4,
-                               label=f"study {rl.replace('T', target, 2).replace('S', _other(target))}")
-        _n_axis(ax, names)
-        ax.set_ylabel(f"top-1 on half {target} (mean of k best evaluations)")
-        ax.set_title(f"{split}: target half {target}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left", ncol=2)
+        _split_panel(ax, rows, summary, split, target, overlay and alexnet, names)
     fig.suptitle("How transferable are features? (Yosinski et al. 2014, Figure 2, on this data)")
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+
+
+def _split_panel(ax: Any, rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], split: str,
+                 target: str, overlay: bool, names: tuple[str, ...]) -> None:
+    """One split and target half: a point per run (ringed where it did not learn), a mean line per
+    variant, the base; ``overlay``: the study's own points."""
+    base = [r["top1_kbest"] for r in rows if r["split"] == split and r["family"] == f"base{target}"]
+    lo, hi = summary[(split, f"base{target}", 0)]["ci95"]
+    if len(base) >= BAND_RUNS:
+        ax.axhspan(lo, hi, color="#dddddd", zorder=0)
+    ax.axhline(mean(base), color="#555555", lw=1, zorder=1,
+               label=f"base{target} (mean of {len(base)})")
+    ax.scatter([0] * len(base), base, color="white", edgecolor="black", zorder=3, s=36)
+    families = sorted({r["family"] for r in rows if r["split"] == split and r["target"] == target
+                       and not r["family"].startswith("base")}, key=lambda f: list(STYLE).index(role(f, target)))
+    for fam in families:
+        color, marker, ls = STYLE[role(fam, target)]
+        pts = [r for r in rows if r["split"] == split and r["family"] == fam]
+        jitter = {"TnT": -0.12, "TnT+": -0.04, "SnT": 0.04, "SnT+": 0.12, "RnT": 0.0}[role(fam, target)]
+        ax.scatter([r["n"] + jitter for r in pts], [r["top1_kbest"] for r in pts], color=color,
+                   marker=marker, s=28, alpha=0.8, zorder=3)
+        _mark_unlearned(ax, [(r["n"] + jitter, r["top1_kbest"]) for r in pts if r.get("learned") is False])
+        ns = sorted({r["n"] for r in pts})
+        ax.plot(ns, [summary[(split, fam, n)]["top1_kbest"] for n in ns], color=color, ls=ls, lw=1.8,
+                label=fam, zorder=2)
+        if min(summary[(split, fam, n)]["runs"] for n in ns) >= BAND_RUNS:
+            _band(ax, [summary[(split, fam, n)]["ci95"] for n in ns], ns, color)
+    if overlay:
+        published = study.points(split, target)
+        for rl in ("TnT", "TnT+", "SnT", "SnT+"):
+            pts = [p for p in published if p["role"] == rl]
+            if pts:
+                ax.scatter([p["n"] for p in pts], [p["top1"] for p in pts], facecolor="none",
+                           edgecolor=STYLE[rl][0], marker=STYLE[rl][1], s=60, zorder=4,
+                           label=f"study {rl.replace('T', target, 2).replace('S', _other(target))}")
+    _n_axis(ax, names)
+    ax.set_ylabel(f"top-1 on half {target} (mean of k best evaluations)")
+    ax.set_title(f"{split}: target half {target}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left", ncol=2)
 
 
 def _pooled_panel(ax: Any, rows: list[dict[str, Any]], splits: list[str], count: int,
@@ -105,6 +113,8 @@ def _pooled_panel(ax: Any, rows: list[dict[str, Any]], splits: list[str], count:
         if ns:
             ax.plot(ns, means, color=color, marker=marker, ls=ls, lw=1.8, label=rl)
             _band(ax, cis, ns, color)
+            _mark_unlearned(ax, [(n, m) for n, m in zip(ns, means, strict=True)
+                                 if unlearned(rows, splits, ("base", rl), (n,))], "a mean that includes them")
         if rl != "RnT" and alexnet:  # the study's random filters fall 50 points: off this scale
             ax.scatter(list(ref[rl]), list(ref[rl].values()), facecolor="none", edgecolor=color, marker=marker,
                        s=60, zorder=4, label=f"{rl}, the study")
@@ -116,6 +126,17 @@ def _pooled_panel(ax: Any, rows: list[dict[str, Any]], splits: list[str], count:
                  + (" (hollow: the study)" if alexnet else ""), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left", ncol=2)
+
+
+def _mark_unlearned(ax: Any, points: list[tuple[float, float]], what: str = "") -> None:
+    """Ring the points of networks that did not learn (health.py: loss at ln C, top-1 at chance), with
+    one legend entry per panel."""
+    if not points:
+        return
+    drawn = any(h.get_label().startswith("did not learn") for h in ax.collections)
+    ax.scatter([x for x, _ in points], [y for _, y in points], facecolor="none", edgecolor="black", marker="o",
+               s=110, lw=1.4, zorder=5, label=None if drawn else "did not learn: loss at ln C, top-1 at chance"
+               + (f" ({what})" if what else ""))
 
 
 def _band(ax: Any, intervals: list[tuple[float | None, float | None]], ns: list[int], color: str) -> None:

@@ -40,14 +40,32 @@ Units = dict[tuple[str, int], list[Replicate]]  # (split, seed) -> its replicate
 Effect = Callable[[Replicate], float]
 
 
+def _key(r: dict[str, Any]) -> tuple[str, int]:
+    """A run's (role, n) in its replicate; the base at n = 0."""
+    return ("base", 0) if r["family"].startswith("base") else (role(r["family"], r["target"]), r["n"])
+
+
 def replicates(rows: list[dict[str, Any]]) -> dict[tuple[str, int, str], Replicate]:
     """(split, seed, target) -> accuracy by role and n."""
     out: dict[tuple[str, int, str], Replicate] = defaultdict(dict)
     for r in rows:
-        fam, target = r["family"], r["target"]
-        key = ("base", 0) if fam.startswith("base") else (role(fam, target), r["n"])
-        out[(r["split"], r["seed"], target)][key] = r["top1_kbest"]
+        out[(r["split"], r["seed"], r["target"])][_key(r)] = r["top1_kbest"]
     return dict(out)
+
+
+def unlearned(rows: list[dict[str, Any]], splits: list[str], roles: tuple[str, ...],
+              ns: tuple[int, ...]) -> list[str]:
+    """The networks that did not learn (``learned: false``, health.py) among those an effect over
+    ``roles`` at ``ns`` reads in the units of ``splits``, as split/seed<k>/<network>."""
+    flagged = {(r["split"], r["seed"], r["target"], _key(r)):
+               f"{r['split']}/seed{r['seed']}/{r.get('network') or r['family'].replace('n', str(r['n']), 1)}"
+               for r in rows if r.get("learned") is False}
+    out = []
+    for (split, seed, target), rep in sorted(replicates(rows).items()) if flagged else ():
+        if split in splits and _has(rep, roles, ns):
+            out += [flagged[k] for rl in roles for n in ((0,) if rl == "base" else ns)
+                    if (k := (split, seed, target, (rl, n))) in flagged]
+    return out
 
 
 def units(rows: list[dict[str, Any]], splits: list[str]) -> Units:
@@ -118,11 +136,13 @@ def evaluate(rows: list[dict[str, Any]], random_splits: list[str], dissimilar_sp
     mid, table_rows = middle(ns), TABLE1 if alexnet and ns == ALL_N else {_span(ns): ns}
     out = []
 
-    def add(name: str, claim: str, measure: str, est: Estimate | None, ver: str | None = None,
+    def add(name: str, claim: str, measure: str, est: Estimate | None, reads: list[tuple], ver: str | None = None,
             **detail: Any) -> None:
+        """``reads``: (splits, roles, ns) of every network the estimate is computed from."""
         if est is not None:
             out.append({"finding": name, "claim": claim, "effect": measure, "estimate": est,
-                        "verdict": ver or verdict(est, margin), "study": ref.get(name), **detail})
+                        "verdict": ver or verdict(est, margin), "study": ref.get(name), **detail,
+                        "not_learned": sorted({x for r in reads for x in unlearned(rows, *r)})})
 
     per_n = {n: over(similar, ("TnT", "SnT"), (n,), lambda r, n=n: r[("TnT", n)] - r[("SnT", n)]) for n in ns}
     per_n = {n: e for n, e in per_n.items() if e is not None}
@@ -130,7 +150,7 @@ def evaluate(rows: list[dict[str, Any]], random_splits: list[str], dissimilar_sp
         holds = [n for n in per_n if all(verdict(per_n[m], margin) == "holds" for m in per_n if m >= n)]
         top = max(per_n)
         add("specificity", "SnT (AnB) falls below TnT (BnB) at higher layers",
-            f"TnT - SnT at n = {top}", per_n[top],
+            f"TnT - SnT at n = {top}", per_n[top], [(random_splits, ("TnT", "SnT"), tuple(per_n))],
             by_n={n: {**e.as_dict(), "verdict": verdict(e, margin)} for n, e in per_n.items()},
             starts_at=min(holds) if holds else None)
 
@@ -141,28 +161,31 @@ def evaluate(rows: list[dict[str, Any]], random_splits: list[str], dissimilar_sp
         both = ("does not hold" if frozen == "does not hold" or tuned == "holds" else
                 "holds" if frozen == "holds" and tuned == "does not hold" else "inconclusive")
         add("fragile co-adaptation", "TnT (BnB) dips below the base in the middle layers; TnT+ (BnB+) does not",
-            f"base - mean TnT over {_span(mid)}", dip, both, fine_tuned=dip_ft.as_dict(),
+            f"base - mean TnT over {_span(mid)}", dip, [(random_splits, ("base", "TnT", "TnT+"), mid)], both,
+            fine_tuned=dip_ft.as_dict(),
             fine_tuned_dip_verdict=tuned)
 
     table1 = {f"{against} {label}": _judged(e, margin, study.boost(against, part) if alexnet else None)
               for against in ("TnT+", "base") for label, part in table_rows.items()
               if (e := boost(similar, against, part)) is not None}
     add("fine-tuning boost", "SnT+ (AnB+) beats TnT+ (BnB+), the same training from the target's own features",
-        f"mean SnT+ - TnT+ over {_span(ns)}", boost(similar, "TnT+", ns), table1=table1)
+        f"mean SnT+ - TnT+ over {_span(ns)}", boost(similar, "TnT+", ns),
+        [(random_splits, ("SnT+", "TnT+"), ns), (random_splits, ("base", "SnT+"), ns)], table1=table1)
 
     a = unit_values(dissimilar, ("base", "SnT"), ns, _drop(ns))
     b = unit_values(similar, ("base", "SnT"), ns, _drop(ns))
     if a and b:
         add("dissimilar tasks transfer worse", "SnT (AnB) drops more below the base on the dissimilar split",
             f"drop on dissimilar - drop on random splits (drop = base - mean SnT over {_span(ns)})",
-            welch_interval(a, b))
+            welch_interval(a, b), [(s, ("base", "SnT"), ns) for s in (dissimilar_splits, random_splits)])
 
     lo, hi = ns[0], ns[-1]
     if hi > lo:
         add("random frozen filters", "accuracy falls with n far faster with random filters than with trained ones",
             f"(RnT({lo}) - RnT({hi})) - (SnT({lo}) - SnT({hi}))",
             over(similar, ("RnT", "SnT"), (lo, hi),
-                 lambda r: (r[("RnT", lo)] - r[("RnT", hi)]) - (r[("SnT", lo)] - r[("SnT", hi)])))
+                 lambda r: (r[("RnT", lo)] - r[("RnT", hi)]) - (r[("SnT", lo)] - r[("SnT", hi)])),
+            [(random_splits, ("RnT", "SnT"), (lo, hi))])
     return out
 
 
@@ -220,14 +243,22 @@ def _study(value: float | None) -> str:
 
 def table(found: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     header = ["finding", "claim", "effect measured", "estimate", "95% interval", "replicates", "verdict",
-              "the study (ImageNet)"]
+              "the study (ImageNet)", "includes networks that did not learn"]
     rows = []
     for f in found:
         e = f["estimate"]
         extra = f" (holds from n = {f['starts_at']})" if f.get("starts_at") else ""
         rows.append([f["finding"], f["claim"], f["effect"], f"{e.mean:+.4f}", _ci(e.low, e.high), str(e.replicates),
-                     f["verdict"] + extra, _study(f["study"])])
+                     f["verdict"] + extra, _study(f["study"]), not_learned_words(f.get("not_learned", []))])
     return header, rows
+
+
+def not_learned_words(names: list[str], show: int = 4) -> str:
+    """'no', or how many networks that did not learn an estimate includes, and which."""
+    if not names:
+        return "no"
+    listed = ", ".join(names[:show]) + (f" and {len(names) - show} more" if len(names) > show else "")
+    return f"yes, {len(names)}: {listed}"
 
 
 def boost_table(found: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]] | None:

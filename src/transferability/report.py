@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import runs
+from . import health, runs
 from .architecture import is_alexnet, unit_names
 from .atomic import write_json, write_text
 from .errors import UserError
@@ -23,7 +23,7 @@ from .tables import decomposition, fne_table, html_table, markdown, metrics_json
 from .training import versions
 
 COLUMNS = ["split", "seed", "network", "family", "n", "source", "target", "top1_kbest", "top1",
-           "wall_time_s", "images_per_s"]
+           "learned", "wall_time_s", "images_per_s"]
 
 
 def collect(params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -41,8 +41,14 @@ def collect(params: dict[str, Any]) -> list[dict[str, Any]]:
                      "top1_kbest": m["top1_kbest"], "top1": m["top1"],
                      "wall_time_s": t["wall_time_s"], "images_per_s": t["images_per_s"],
                      "slug": net.slug, "evals": m["evals"], "versions": m["versions"],
-                     "run_seed": m["run_seed"]})
+                     "run_seed": m["run_seed"], "learned": learned(m)})
     return rows
+
+
+def learned(m: dict[str, Any]) -> bool:
+    """metrics.json's ``learned``; for a file written before training recorded it, the same test on
+    the evaluations it holds (health.py)."""
+    return m["learned"] if "learned" in m else health.learned(m["evals"], m["num_test"], len(m["classes"]))
 
 
 def collect_embeddings(params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -65,6 +71,7 @@ th{{background:#f3f3f3}}img{{max-width:100%}}code,pre{{background:#f6f6f6}}pre{{
 </head><body>
 <h1>How transferable are features in this network?</h1>
 <p>{intro}</p>
+<p{health_class}>{health}</p>
 <h2>Figure 2: top-1 on the target half against the number of layers copied</h2>
 <img src="figure2.png" alt="Figure 2: top-1 against n for every variant">
 <p>First panel (with several replicates): every role minus its replicate's base, the mean over the independent
@@ -145,6 +152,18 @@ def _listed(word: str, items: list) -> str:
     return f"{word}{'s' * (len(items) > 1)} {', '.join(map(str, items))}"
 
 
+def health_words(rows: list[dict[str, Any]]) -> str:
+    """How many networks did not learn (health.py), which, and where they are marked."""
+    bad = [f"{r['split']}/seed{r['seed']}/{r['network']}" for r in rows if r.get("learned") is False]
+    if not bad:
+        return (f"Every one of the {len(rows)} networks learned (its training loss fell below ln C or its top-1 "
+                "left chance).")
+    return (f"{len(bad)} of {len(rows)} networks did not learn: their training loss stayed at ln C (within "
+            f"{health.LOSS_TOLERANCE}) and their top-1 at chance (binomial, alpha {health.ALPHA}): {', '.join(bad)}. "
+            "They are ringed in Figure 2, counted in the accuracy table's cells, and each finding says whether its "
+            "estimate includes them.")
+
+
 def intro(params: dict[str, Any], networks: int) -> str:
     """The page's first sentence: what ran, on which splits and seeds, and the metric."""
     exp = params["experiment"]
@@ -213,7 +232,9 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
     budget = f"<p{warn}>{html.escape(budget_words(check))}</p>"
     provenance = json.dumps({"versions": versions(), "params": params}, indent=2)
     write_text(out / "index.html", PAGE.format(
-        intro=html.escape(intro(params, len(rows))), margin=margin, variants=html_table(v_header, v_table),
+        intro=html.escape(intro(params, len(rows))), margin=margin, health=html.escape(health_words(rows)),
+        health_class=' class="warning"' if any(r["learned"] is False for r in rows) else "",
+        variants=html_table(v_header, v_table),
         findings=html_table(*table(found)), budget=budget + (html_table(*budget_table(check)) if check else ""),
         boost=html_table(*boost) if boost else "<p>No AnB+ and BnB+ runs to compare.</p>",
         decomposition=html_table(d_header, d_table), runs=html_table(COLUMNS, run_table),

@@ -12,6 +12,7 @@ from collections import defaultdict
 from statistics import mean, stdev
 from typing import Any
 
+from . import health
 from .stats import t_interval
 
 
@@ -24,7 +25,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     for key, rs in groups.items():
         e = t_interval([r["top1_kbest"] for r in rs])
         out[key] = {"top1_kbest": e.mean, "top1_kbest_sd": e.std, "ci95": (e.low, e.high),
-                    "top1": mean(r["top1"] for r in rs), "runs": len(rs), "target": rs[0]["target"]}
+                    "top1": mean(r["top1"] for r in rs), "runs": len(rs), "target": rs[0]["target"],
+                    "not_learned": sum(r.get("learned") is False for r in rs)}
     return out
 
 
@@ -105,15 +107,22 @@ def html_table(header: list[str], table: list[list[Any]]) -> str:
 
 
 def variant_table(summary: dict[tuple, dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """Rows: split and variant; columns: n = 0 (bases) and every n trained."""
+    """Rows: split and variant; columns: n = 0 (bases) and every n trained. A mean that includes
+    networks that did not learn (health.py) says how many of its runs: "0.3600 (3 of 5 did not learn)"."""
     ns = sorted({0} | {k[2] for k in summary})
     header = ["split", "variant"] + [f"n={n}" for n in ns]
     table = []
     keys = sorted({(k[0], k[1]) for k in summary}, key=lambda k: (k[0], not k[1].startswith("base"), k[1]))
     for split, fam in keys:
-        row = [split, fam] + [summary.get((split, fam, n), {}).get("top1_kbest") for n in ns]
+        row = [split, fam] + [_cell(summary.get((split, fam, n))) for n in ns]
         table.append(row)
     return header, table
+
+
+def _cell(s: dict[str, Any] | None) -> float | str | None:
+    if s is None or not s.get("not_learned"):
+        return s and s["top1_kbest"]
+    return f"{_fmt(s['top1_kbest'])} ({s['not_learned']} of {s['runs']} did not learn)"
 
 
 def metrics_json(summary: dict[tuple, dict[str, Any]], decomp: list[dict[str, Any]],
@@ -123,6 +132,8 @@ def metrics_json(summary: dict[tuple, dict[str, Any]], decomp: list[dict[str, An
     for (split, fam, n), s in sorted(summary.items()):
         slug = fam.replace("+", "-ft")
         entry = {"top1_kbest": round(s["top1_kbest"], 6), "top1": round(s["top1"], 6), "replicates": s["runs"]}
+        if s.get("not_learned"):
+            entry["not_learned"] = s["not_learned"]
         if s["runs"] > 1:
             entry.update(std=round(s["top1_kbest_sd"], 6), ci95_low=round(s["ci95"][0], 6),
                          ci95_high=round(s["ci95"][1], 6))
@@ -133,6 +144,12 @@ def metrics_json(summary: dict[tuple, dict[str, Any]], decomp: list[dict[str, An
     for d in decomp:
         out[d["split"]].setdefault(f"effects_{d['target']}", {})[f"n{d['n']}"] = {
             k: round(d[k], 6) for k in ("coadaptation_loss", "specificity", "finetune_gain") if d[k] is not None}
+    unlearned = sorted(f"{r['split']}/seed{r['seed']}/{r['slug']}" for r in rows if r.get("learned") is False)
+    out["training_health"] = {
+        "networks": len(rows), "not_learned": len(unlearned), "not_learned_networks": unlearned,
+        "rule": f"learned: false where every evaluation window's mean training loss stays above "
+                f"ln C - {health.LOSS_TOLERANCE} and no evaluation's top-1 beats 1/C (one-sided binomial on "
+                f"the test images, alpha {health.ALPHA} over the run's evaluations)"}
     out["provenance"] = {"seeds": params["experiment"]["seeds"], "runs": len(rows),
                          "run_seeds": {f"{r['split']}/seed{r['seed']}/{r['slug']}": r["run_seed"]
                                        for r in rows},

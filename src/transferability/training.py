@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__, checkpoints, progress
+from . import __version__, checkpoints, health, progress
 from .data import HalfData, batches, chunks, make_batch, to_device
 from .models import UnitNet
 from .prefix import PrefixCache, build_cache, cacheable
@@ -135,6 +135,29 @@ def k_best(evals: list[dict[str, Any]], k: int) -> float:
     return sum(best) / len(best)
 
 
+class Window:
+    """The training loss since the last evaluation, checked for NaN and inf without a sync per step:
+    the device counts the steps whose running sum is still finite (a non-finite sum stays so), and the
+    host reads it only where it reads the sum anyway (each evaluation, each epoch's end), so a diverged
+    run stops there, before its weights reach a checkpoint, naming the first bad step."""
+
+    def __init__(self, start: int, device: torch.device) -> None:
+        self.start, self.finite = start, torch.zeros((), dtype=torch.long, device=device)
+
+    def count(self, loss_sum: torch.Tensor) -> None:
+        self.finite += torch.isfinite(loss_sum)
+
+    def mean(self, loss_sum: torch.Tensor, n: int, label: str, total: int, steps_per_epoch: int,
+             tr: dict[str, Any]) -> float:
+        """The window's mean loss; a UserError (health.diverged) if a step's loss was not finite."""
+        value = loss_sum.item() / n
+        if not math.isfinite(value):
+            step = self.start + int(self.finite.item()) + 1
+            raise health.diverged(label, value, step, total, (step - 1) // steps_per_epoch, lr_at(step - 1, total, tr),
+                                  tr["lr"])
+        return value
+
+
 def train(net: UnitNet, data: HalfData, params: dict[str, Any], seed: int,
           checkpoint: Path, tag: str, label: str) -> dict[str, Any]:
     """Train ``net`` on ``data`` under params' schedule; return the results and timing."""
@@ -174,6 +197,7 @@ def train(net: UnitNet, data: HalfData, params: dict[str, Any], seed: int,
         while state.epoch < tr["epochs"]:
             order = torch.randperm(n_train, generator=gen)
             loss_sum, loss_n = torch.zeros((), device=device), 0
+            window = Window(state.step, device)
             steps = step_batches(data, cache, order, tr["batch_size"], tr.get("crop"), tr.get("mirror", False), gen,
                                  channels_last)
             for i, (x, y) in enumerate(steps):
@@ -186,19 +210,23 @@ def train(net: UnitNet, data: HalfData, params: dict[str, Any], seed: int,
                 loss.backward()
                 opt.step()
                 loss_sum += loss.detach() * len(y)
+                window.count(loss_sum)
                 loss_n += len(y)
                 state.step += 1
                 bar.update(len(y))
                 if state.step in when:
+                    train_loss = window.mean(loss_sum, loss_n, label, total, steps_per_epoch, tr)
                     t_eval = time.perf_counter()
                     with amp:
                         top1 = evaluate(model, data, tr.get("crop"), channels_last, cache, eval_batch)
                     state.eval_seconds += time.perf_counter() - t_eval
                     state.evals.append({"epoch": round(state.epoch + (i + 1) / steps_per_epoch, 4),
                                         "step": state.step, "lr": lr,
-                                        "train_loss": round(loss_sum.item() / loss_n, 6), "top1": top1})
+                                        "train_loss": round(train_loss, 6), "top1": top1})
                     loss_sum, loss_n = torch.zeros((), device=device), 0
+                    window = Window(state.step, device)
                     bar.set_postfix(epoch=f"{state.epoch + 1}/{tr['epochs']}", top1=f"{top1:.4f}", refresh=False)
+            window.mean(loss_sum, max(loss_n, 1), label, total, steps_per_epoch, tr)  # no diverged checkpoint
             state.epoch += 1
             state.train_seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -207,7 +235,8 @@ def train(net: UnitNet, data: HalfData, params: dict[str, Any], seed: int,
     wall = state.train_seconds
     results = {"top1": state.evals[-1]["top1"], "top1_kbest": k_best(state.evals, ev["k_best"]),
                "k_best": ev["k_best"], "evals": state.evals, "steps": total, "num_train": n_train,
-               "num_test": len(data.x_test)}
+               "num_test": len(data.x_test),
+               "learned": health.learned(state.evals, len(data.x_test), len(data.class_names))}
     steps_s = wall - state.eval_seconds - state.cache_seconds
     timing = {"wall_time_s": round(wall, 3), "resumed_from_epoch": resumed_from,
               "images_per_s": round(n_train * tr["epochs"] / max(wall, 1e-9), 1),
