@@ -155,11 +155,12 @@ def test_estimators_stage_scores_every_layer_against_the_measured_curves(snakema
     cka = scores["B"]["scores"]["cka"]
     assert all(0 < v <= 1 for v in cka)
     estimators = json.loads((reports / "metrics.json").read_text())["estimators"]
-    assert set(estimators) == set(methods)
+    assert set(estimators) == set(methods) | {"depth", "order"}   # depth alone, and (a)'s fixed order, beside them
     for method in set(methods) - {"leep", "nce"}:
         for curve in ("AnB", "AnB-ft"):
             tau = estimators[method][curve]["kendall"]
             assert -1 <= tau["mean"] <= 1 and tau["replicates"] == 1 and tau["ci95"] is None, (method, curve)
+            assert estimators[method][curve]["gain_over_depth"]["verdict"].startswith("does not beat depth")
     table = (reports / "estimators.md").read_text()
     assert "| LogME |" in table and "Tracks AnB (frozen) best" in table
     assert (reports / "estimators.png").read_bytes()[:4] == b"\x89PNG"

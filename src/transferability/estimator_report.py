@@ -98,8 +98,8 @@ def claims(summary: dict[str, dict[str, Any]]) -> list[str]:
                 + (f"Beat depth: {', '.join(beat)}. " if beat else "No estimator beats depth. ")
                 + (f"Do not beat depth: {', '.join(not_beat)}." if not_beat else "Every estimator beats depth."))
         if top := best(summary, curve):
-            text += (f" Tracks it best among the estimators: {_name(top[0])}, Kendall tau {_ci(top[1])}, "
-                     f"gain over depth {_ci(summary[top[0]][curve]['gain_over_depth'])}.")
+            text += (f" Tracks {CURVE_NAMES[curve]} best among the estimators: {_name(top[0])}, Kendall tau "
+                     f"{_ci(top[1])}, gain over depth {_ci(summary[top[0]][curve]['gain_over_depth'])}.")
         out.append(text)
     ranked = {m: s["sources"] for m, s in summary.items() if "sources" in s and m != ORDER}
     if ranked:
