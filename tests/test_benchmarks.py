@@ -103,3 +103,25 @@ def test_convergence_ladder(tmp_path):
     assert first["BnB+4 - baseB"] == pytest.approx(f["ladder"]["1"]["random0/seed0"]["BnB-ft/n4"]["top1_kbest"]
                                                    - f["ladder"]["1"]["random0/seed0"]["baseB"]["top1_kbest"])
     assert sorted(unit) == ["BnB-ft/n4", "baseA", "baseB"] and all(0 < r["top1_kbest"] <= 1 for r in unit.values())
+
+
+def test_loader_benchmark(tmp_path):
+    """The loader against its anchors, hot and cold, 1 and 2 threads, on a 400-image store of 64 px."""
+    f = run_bench("loader", tmp_path, "--params", str(ROOT / "workflow" / "params" / "imagenet.yaml"))
+    assert f["store"] == {**f["store"], "images": 400, "shape": [3, 64, 64]} and f["batch_size"] == 32
+    for mode in ("hot", "cold"):
+        for k in ("1", "2"):
+            best, runs = f["best"][mode][k], f["images_per_s"][mode][k]
+            assert best["anchor"] > 0 and best["new"] > 0 and best["new"] == max(runs["new"])
+            assert f["ratios"][mode][k]["new/anchor"] == pytest.approx(best["new"] / best["anchor"])
+            assert all(v > 0 for v in f["images_per_cpu_s"][mode][k]["new"])
+        if f["before"]:  # today's loader beside the old one (from git), which had one thread
+            assert f["best"][mode]["1"]["old"] > 0 and f["best"][mode]["2"]["old"] is None
+    hot = f["best"]["hot"]
+    assert f["scaling_2_vs_1"]["hot"]["new"] == pytest.approx(hot["2"]["new"] / hot["1"]["new"])
+    copies = f["copies_per_batch"]
+    assert copies["new"] == 1 and copies["new_numpy_batches_made"] < 0.25
+    if f["before"]:
+        assert copies["old_numpy_batches_made"] > 1.9  # a gathered temporary and the batch
+    assert f["pinned"] == torch.cuda.is_available()
+    assert len(f["resident_bytes_after_evict"]) == (5 if f["before"] else 4)  # a pass per cold loader

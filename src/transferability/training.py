@@ -90,11 +90,12 @@ def evaluate(net: torch.nn.Module, data: HalfData, crop: int | None, channels_la
 
 def step_batches(data: HalfData, cache: PrefixCache | None, order: torch.Tensor, batch_size: int,
                  crop: int | None, mirror: bool, gen: torch.Generator,
-                 channels_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                 channels_last: bool, readers: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Each step's input (to the network, or to the layers after the prefix cache) and labels for an
-    epoch in ``order`` (on the host), drawing crops and flips from ``gen`` in step order."""
+    epoch in ``order`` (on the host), drawing crops and flips from ``gen`` in step order; a streamed
+    half is read by ``readers`` threads."""
     on_device = to_device(order, data.y_train.device)
-    images = batches(data.x_train, order, batch_size) if cache is None else None
+    images = batches(data.x_train, order, batch_size, readers) if cache is None else None
     for a in range(0, len(order), batch_size):
         idx = on_device[a : a + batch_size]
         if images is not None:
@@ -199,7 +200,7 @@ def train(net: UnitNet, data: HalfData, params: dict[str, Any], seed: int,
             loss_sum, loss_n = torch.zeros((), device=device), 0
             window = Window(state.step, device)
             steps = step_batches(data, cache, order, tr["batch_size"], tr.get("crop"), tr.get("mirror", False), gen,
-                                 channels_last)
+                                 channels_last, compute["threads"])
             for i, (x, y) in enumerate(steps):
                 lr = lr_at(state.step, total, tr)
                 for g in opt.param_groups:
