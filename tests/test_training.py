@@ -14,7 +14,7 @@ import yaml
 from transferability import health, stages
 from transferability.data import chunks
 from transferability.errors import UserError
-from transferability.training import Window, eval_steps, k_best, lr_at
+from transferability.training import Window, eval_steps, k_best, lr_at, seconds_file
 
 from .conftest import ENV
 
@@ -194,3 +194,25 @@ def test_a_real_run_made_to_diverge_stops_with_one_line_and_writes_nothing(tmp_p
     assert not (tmp_path / "data/runs/random0/seed0/baseB/metrics.json").exists()
     assert not list((tmp_path / "data/runs").rglob("*.*"))  # no model, curve or timing either
     assert not (tmp_path / "data/checkpoints/random0/seed0/baseB.pt").exists()  # no diverged weights kept
+
+
+@pytest.mark.usefixtures("workspace")
+def test_two_identical_runs_leave_byte_identical_checkpoints(tmp_path, params, capsys):
+    """DVC hashes the checkpoints (dvc.lock): the seconds a run took sit beside its checkpoint, not in it,
+    and a job that takes up a finished checkpoint still reports the whole run's time."""
+    ckpt = tmp_path / "data/checkpoints/random0/seed0/baseB.pt"
+    run = tmp_path / "data/runs/random0/seed0/baseB"
+    seen = []
+    for _ in range(2):
+        stages.train_network(params, "random0", 0, "baseB", None)
+        seen.append((ckpt.read_bytes(), json.loads((run / "timing.json").read_text())))
+        for f in (ckpt, seconds_file(ckpt), *run.iterdir()):
+            f.unlink()
+    assert seen[0][0] == seen[1][0]
+    assert seen[0][1]["wall_time_s"] != seen[1][1]["wall_time_s"]  # the clock did differ
+    stages.train_network(params, "random0", 0, "baseB", None)
+    timing = json.loads((run / "timing.json").read_text())
+    stages.train_network(params, "random0", 0, "baseB", None)  # takes up the finished checkpoint
+    assert "resumed from epoch 2 of 2" in capsys.readouterr().err
+    again = json.loads((run / "timing.json").read_text())
+    assert again["wall_time_s"] == timing["wall_time_s"] and again["resumed_from_epoch"] == 2

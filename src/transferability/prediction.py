@@ -440,6 +440,8 @@ def compare(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) -> Pa
     dest = out / "estimators.json"
     write_json(dest, {"metrics": summary, "replicates": reps, "cost_core_s": cost,
                       "table": {"header": header, "rows": rows}, "claims": said})
+    # the numbers alone, without the costs: what DVC records (dvc.yaml), the same bytes from the same runs
+    write_json(out / "estimator_metrics.json", {"metrics": summary})
     units = len({(r["split"], r["seed"]) for r in reps})
     print(f"estimators: {len(reps)} records in {units} replicate units, {', '.join(methods) or 'none'} -> "
           f"{out / 'estimators.md'}", file=sys.stderr)

@@ -32,7 +32,7 @@ REPORT_FILES = ("index.html", "figure2.png", "curves.png", "probes.png", "metric
 REPORT_CURVES = "reports/curves"  # one CSV per run, for `dvc plots`
 ESTIMATES_DIR = "data/estimates/{split}/seed{seed}"  # one replicate's estimator scores, and their timing
 ESTIMATE_FILES = ("scores.json", "timing.json")
-ESTIMATOR_FILES = ("estimators.md", "estimators.png", "estimators.json")  # under REPORT_DIR
+ESTIMATOR_FILES = ("estimators.md", "estimators.png", "estimators.json", "estimator_metrics.json")  # under REPORT_DIR
 OTHER_HALF = {"A": "B", "B": "A"}
 
 BASE_RE = re.compile(r"^base(?P<tgt>[AB])$")

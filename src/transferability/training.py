@@ -18,6 +18,7 @@ host, and what the device needs is sent asynchronously; only evaluations read a 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import platform
 import sys
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__, checkpoints, health, progress
+from .atomic import write_json
 from .data import HalfData, batches, chunks, make_batch, to_device
 from .models import UnitNet
 from .prefix import PrefixCache, build_cache, cacheable
@@ -130,6 +132,32 @@ class State:
     eval_seconds: float = 0.0
     cache_seconds: float = 0.0
 
+    def work(self) -> dict[str, Any]:
+        """What the checkpoint holds: the run's state without its wall-clock seconds, so that two
+        identical runs leave byte-identical checkpoints (DVC hashes them in dvc.lock)."""
+        return {k: v for k, v in self.__dict__.items() if k not in SECONDS}
+
+    def save_seconds(self, checkpoint: Path, tag: str) -> None:
+        """The seconds so far, beside the checkpoint (``seconds_file``), for a resumed run's timing.json."""
+        write_json(seconds_file(checkpoint), {"tag": tag, "epoch": self.epoch,
+                                              **{k: self.__dict__[k] for k in SECONDS}})
+
+    def load_seconds(self, checkpoint: Path, tag: str) -> None:
+        """The seconds recorded with this epoch's checkpoint; none (a timing from the resume on) where
+        the file is missing or belongs to another epoch (a fallback to the previous checkpoint)."""
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            saved = json.loads(seconds_file(checkpoint).read_text())
+            if saved.get("tag") == tag and saved.get("epoch") == self.epoch:
+                self.__dict__.update({k: float(saved[k]) for k in SECONDS})
+
+
+SECONDS = ("train_seconds", "eval_seconds", "cache_seconds")
+
+
+def seconds_file(checkpoint: Path) -> Path:
+    """``.<stem>.seconds.json`` beside the checkpoint (not ``.<name>.*``: those are its temporaries)."""
+    return checkpoint.with_name(f".{checkpoint.stem}.seconds.json")
+
 
 def k_best(evals: list[dict[str, Any]], k: int) -> float:
     best = sorted((e["top1"] for e in evals), reverse=True)[:k]
@@ -177,6 +205,8 @@ def train(net: UnitNet, data: HalfData, params: dict[str, Any], seed: int,
     gen = torch.Generator().manual_seed(seed)  # data order and augmentation
     opt = make_optimizer(net, tr)
     state = State(**(checkpoints.load(checkpoint, tag, net, opt, gen, device) or {}))
+    if state.epoch:
+        state.load_seconds(checkpoint, tag)
     resumed_from = state.epoch
     if resumed_from:
         print(f"{label}: resumed from epoch {resumed_from} of {tr['epochs']} ({checkpoint})", file=sys.stderr)
@@ -231,7 +261,8 @@ def train(net: UnitNet, data: HalfData, params: dict[str, Any], seed: int,
             state.epoch += 1
             state.train_seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
-            checkpoints.save(checkpoint, tag, net, opt, state.__dict__, gen, device)
+            checkpoints.save(checkpoint, tag, net, opt, state.work(), gen, device)
+            state.save_seconds(checkpoint, tag)
     checkpoints.finish(checkpoint)
     wall = state.train_seconds
     results = {"top1": state.evals[-1]["top1"], "top1_kbest": k_best(state.evals, ev["k_best"]),
