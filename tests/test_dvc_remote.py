@@ -106,3 +106,8 @@ def test_pull_in_a_fresh_clone_is_bit_identical(pushed, tmp_path):
     assert not differ, differ
     assert CLEAN in sh(["dvc", "status"], clone).stdout
     assert sh(["git", "status", "--porcelain"], clone).stdout == ""  # pulled files are all ignored by git
+    # the page, not carried, is written again from what was pulled: the same metrics, no timings
+    sh(["transferability", "report"], clone)
+    assert (clone / "reports/metrics.json").read_bytes() == (ws / "reports/metrics.json").read_bytes()
+    assert "reports/estimators.json is not here" in (clone / "reports/index.html").read_text()
+    assert CLEAN in sh(["dvc", "status"], clone).stdout

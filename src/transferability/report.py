@@ -35,14 +35,21 @@ def collect(params: dict[str, Any]) -> list[dict[str, Any]]:
         m = json.loads(f.read_text())
         if m.get("pretrained"):  # a weights file (model.pretrained): its own classes, no top-1 on ours
             continue
-        t = json.loads(net.file("timing.json").read_text())
+        # timings are not in DVC's record (dvc.yaml): a clone that pulled the runs has none, and says so
+        t = json.loads(tf.read_text()) if (tf := net.file("timing.json")).exists() else {}
         rows.append({"split": net.split, "seed": net.seed, "network": net.name, "family": net.family,
                      "n": net.n or 0, "source": net.source or "", "target": net.target,
                      "top1_kbest": m["top1_kbest"], "top1": m["top1"],
-                     "wall_time_s": t["wall_time_s"], "images_per_s": t["images_per_s"],
+                     "wall_time_s": t.get("wall_time_s"), "images_per_s": t.get("images_per_s"),
                      "slug": net.slug, "evals": m["evals"], "versions": m["versions"],
                      "run_seed": m["run_seed"], "learned": learned(m)})
     return rows
+
+
+def _needed(path: Path) -> Path:
+    if not path.exists():
+        raise UserError(f"{path} is missing: run `transferability estimators` first")
+    return path
 
 
 def learned(m: dict[str, Any]) -> bool:
@@ -214,8 +221,10 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
     for e in embeds:
         metrics[e["split"]].setdefault("fne", {})[f"{e['slug']}_on_{e['target']}"] = {
             size: {m: round(v["mean"], 6) for m, v in res.items()} for size, res in e["results"].items()}
-    estimators = load_comparison(out)  # the `estimators` stage's output
-    metrics["estimators"] = estimators["metrics"]
+    # the `estimators` stage's numbers, as DVC records them (estimator_metrics.json: no costs); its table with
+    # the costs (estimators.json) is a view DVC does not carry, so a clone that pulled the runs may lack it
+    metrics["estimators"] = json.loads(_needed(out / "estimator_metrics.json").read_text())["metrics"]
+    estimators = load_comparison(out) if (out / "estimators.json").exists() else None
     write_json(out / "metrics.json", metrics)
     for r in rows:  # per-run learning curves for `dvc plots`
         buf = io.StringIO()
@@ -240,6 +249,8 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
         decomposition=html_table(d_header, d_table), runs=html_table(COLUMNS, run_table),
         fne=html_table(f_header, f_table) if embeds else "<p>No feature extraction configured.</p>",
         estimators=html_table(estimators["table"]["header"], estimators["table"]["rows"])
-        + "".join(f"<p>{html.escape(line)}</p>" for line in estimators.get("claims", [])),
+        + "".join(f"<p>{html.escape(line)}</p>" for line in estimators.get("claims", [])) if estimators else
+        "<p>reports/estimators.json is not here (DVC does not carry it: it holds wall-clock costs); "
+        "<code>transferability estimators</code> writes it from the runs and their timing.json.</p>",
         provenance=html.escape(provenance)))
     print(f"report: {out / 'index.html'} ({len(rows)} runs)")
