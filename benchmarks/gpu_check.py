@@ -91,7 +91,9 @@ def checks(sections: dict[str, Any]) -> dict[str, Any]:
             "killed_holder_freed_card": lock.get("kill", {}).get("freed_card"),
             "resume_identical": lock.get("kill", {}).get("resumed_metrics_identical"),
             "prepare_images_per_s": prep.get("images_per_s"),
-            "throughput_measured": sum(c["status"] == "ok" for c in thr.get("configs", [])) if thr else None}
+            "throughput_measured": sum(c["status"] == "ok" for c in thr.get("configs", [])) if thr else None,
+            # the ImageNet profile's streamed configuration measured first: what bounds its loop
+            "streamed_bound": next((c["verdict"] for c in thr.get("configs", []) if "bound" in c), None)}
 
 
 def cell(value: Any) -> str:
@@ -122,7 +124,7 @@ def markdown(report: dict[str, Any]) -> str:
         sm = s["smoke"]
         out += [f"## Smoke experiment: {dev.get('name')} against the CPU", "",
                 f"Top-1 (mean of the k best evaluations) on {sm['test_images']} test images per network.", ""]
-        out += [f"- {name} ({' '.join(f'{k}={v}' for k, v in r['env'].items()) or 'as configured'}): "
+        out += [f"- {name} (compute.precision: {r['precision']}): "
                 + (f"run failed: {r['run']['error'].splitlines()[0]}; " if "error" in r["run"] else "")
                 + f"{sm['networks'] - r['missing']} networks compared, max |diff| "
                 f"{r['max_abs_diff']:.4f}, mean |diff| {r['mean_abs_diff']:.4f}, mean diff {r['mean_diff']:+.4f}, "
@@ -148,6 +150,19 @@ def markdown(report: dict[str, Any]) -> str:
                      [[c["net"], c.get("batch"), c["precision"], c["compile"], c.get("images_per_s"),
                        c.get("peak_mem_mib"), c.get("gpu_busy_pct"), c.get("streamed"), c["status"]]
                       for c in configs])
+        if split := [c for c in configs if "bound" in c]:
+            out += ["### Loader against step", "",
+                    "The loader alone (the job's batches and crops, nothing trained), the step alone (the same "
+                    "training, the half held on the device), and the loop that runs both; the slower side bounds "
+                    "the loop, which runs at its rate when the two overlap and at the serial rate when they take "
+                    "turns.", ""]
+            out += table(["net", "precision", "compile", "loader images/s", "step images/s", "loop images/s",
+                          "serial images/s", "loop / bound", "bound", "GPU busy: loader / step / loop (%)"],
+                         [[c["net"], c["precision"], c["compile"], c["loader_images_per_s"], c["step_images_per_s"],
+                           c["images_per_s"], c["serial_images_per_s"], c["loop_of_bound"], c["verdict"],
+                           " / ".join(cell(c[k]) or "-" for k in ("loader_gpu_busy_pct", "step_gpu_busy_pct",
+                                                                  "gpu_busy_pct"))]
+                          for c in split])
     if "images_per_s" in (prep := s.get("prepare", {})):
         out += ["## Prepare", ""] + table(["JPEGs", "workers", "seconds", "images/s", "images/s per core"],
                                           [[prep["images"], prep["workers"], prep["seconds"], prep["images_per_s"],

@@ -3,14 +3,16 @@ returns what it saw, as plain data for benchmarks/gpu_check.py's JSON and Markdo
 
 - ``device``: what the kit ran on;
 - ``smoke``: the smoke experiment trained through the CLI stages in DAG order on the device (as
-  configured, and in strict float32), and beside it on the CPU; every network's accuracy compared;
+  configured: IEEE float32; and with ``compute.precision: tf32``), and beside it on the CPU; every
+  network's accuracy compared;
 - ``snakemake``: part of it again through Snakemake with ``--resources gpu=1``: the CLI's bits;
 - ``lock``: training jobs started at once on one card run one at a time; a killed holder frees the
   card, and the killed job resumes from its checkpoint with the uninterrupted run's metrics;
 - ``prepare``: a generated JPEG tree through the prepare stage with every core;
 - ``throughput``: training images/s through ``training.train`` and the real data path (the default
   small net from memory, CaffeNet at batch 256 streamed from the prepared store), float32 and
-  bfloat16, with and without torch.compile: peak memory and the share of time the GPU was busy.
+  bfloat16, with and without torch.compile: peak memory and the share of time the GPU was busy; for
+  the streamed net, the loader alone and the step alone beside the loop, and which one bounds it.
 
 Work that may crash, hang or overrun runs in a process of its own, started as
 ``python gpu_sections.py <worker> <config.json> <result.json>``: each throughput configuration,
@@ -94,12 +96,14 @@ class JobFailed(RuntimeError):
 
 # --- params and workspaces -------------------------------------------------------------------
 
-def smoke_params(kit: Kit, device: str, locks: str = "locks") -> dict[str, Any]:
-    """The smoke profile on ``device``, its card locks in ``work/<locks>``; in a tiny run three
-    networks of it instead of 46."""
+def smoke_params(kit: Kit, device: str, locks: str = "locks", precision: str | None = None) -> dict[str, Any]:
+    """The smoke profile on ``device`` (in ``precision`` where given), its card locks in
+    ``work/<locks>``; in a tiny run three networks of it instead of 46."""
     params = copy.deepcopy(tparams.load(PROFILES / "smoke.yaml"))
     params["dataset"]["root"] = str(kit.fmnist)
     params["compute"].update(device=device, gpu_lock_dir=str(kit.work / locks))
+    if precision:
+        params["compute"]["precision"] = precision
     if kit.tiny:
         params["experiment"].update(variants=["AnB"], layers=[2],
                                     dissimilar={"splits": [], "seeds": [0], "variants": []})
@@ -133,12 +137,12 @@ def job_threads(ws: Path) -> list[str]:
     return ["--threads", str(yaml.safe_load((ws / "params.yaml").read_text())["compute"]["threads"])]
 
 
-def cli(kit: Kit, ws: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def cli(kit: Kit, ws: Path, *args: str) -> subprocess.CompletedProcess:
     """One stage, exactly as a Snakemake rule runs it (with the threads the params ask for); its output
     kept in ws/logs/."""
     cmd = ["transferability", "--params", "params.yaml", *job_threads(ws), *args]
     try:
-        proc = subprocess.run(cmd, cwd=ws, env={**kit.env, **(env or {})}, capture_output=True, text=True,
+        proc = subprocess.run(cmd, cwd=ws, env=kit.env, capture_output=True, text=True,
                               timeout=kit.left())
     except subprocess.TimeoutExpired as exc:
         raise JobFailed(cmd, None, "stopped: the kit's time budget ran out") from exc
@@ -150,19 +154,18 @@ def cli(kit: Kit, ws: Path, *args: str, env: dict[str, str] | None = None) -> su
     return proc
 
 
-def run_dag(kit: Kit, ws: Path, params: dict[str, Any], workers: int,
-            env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_dag(kit: Kit, ws: Path, params: dict[str, Any], workers: int) -> dict[str, Any]:
     """prepare, split, then every network's train stage in DAG order (the bases, then the networks
     that copy from them), ``workers`` jobs at a time."""
     t = time.monotonic()
     exp = params["experiment"]
-    cli(kit, ws, "prepare", env=env)
+    cli(kit, ws, "prepare")
     for split in [*exp["splits"], *exp["dissimilar"]["splits"]]:
-        cli(kit, ws, "split", "--split", split, env=env)
+        cli(kit, ws, "split", "--split", split)
     nets = runs.networks(params)
     for wave in ([n for n in nets if n.is_base], [n for n in nets if not n.is_base]):
         with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(lambda net: cli(kit, ws, *train_args(net), env=env), wave))
+            list(pool.map(lambda net: cli(kit, ws, *train_args(net)), wave))
     wall = [json.loads((ws / n.file("timing.json")).read_text())["wall_time_s"] for n in nets]
     return {"networks": len(nets), "workers": workers, "seconds": round(time.monotonic() - t, 1),
             "train_seconds": round(sum(wall), 1)}
@@ -200,15 +203,16 @@ def device(kit: Kit) -> dict[str, Any]:
 
 
 def device_runs(kit: Kit) -> dict[str, dict[str, Any]]:
-    """The smoke experiment's runs on the device, each with its environment and tolerance. On a GPU:
-    as configured (cuDNN's float32 convolutions in TF32, torch's default), and strict float32
-    (TF32 off in cuBLAS and cuDNN by NVIDIA's switch), whose rounding is the CPU's scale. A tiny run
-    has the CPU as its device: the same bits."""
+    """The smoke experiment's runs on the device, each with the ``compute.precision`` its jobs run in
+    (None: the profile's own, float32), which ``devices.setup`` turns into torch's float32 settings
+    as in any training job, and its tolerance. On a GPU: as configured (IEEE float32, the CPU's
+    scale of rounding), then ``tf32`` (float32 convolutions and matrix products in TF32). The first
+    is the one the Snakemake section repeats. A tiny run has the CPU as its device: the same bits."""
     if kit.tiny:
-        return {"cpu": {"env": {}, "tolerance": {"per_network": 0.0, "mean_abs": 0.0, "mean": 0.0,
-                                                 "why": "the same device: the same bits"}}}
-    return {"tf32": {"env": {}, "tolerance": TOLERANCE["tf32"]},
-            "fp32": {"env": {"NVIDIA_TF32_OVERRIDE": "0"}, "tolerance": TOLERANCE["fp32"]}}
+        return {"cpu": {"precision": None, "tolerance": {"per_network": 0.0, "mean_abs": 0.0, "mean": 0.0,
+                                                         "why": "the same device: the same bits"}}}
+    return {"fp32": {"precision": None, "tolerance": TOLERANCE["fp32"]},
+            "tf32": {"precision": "tf32", "tolerance": TOLERANCE["tf32"]}}
 
 
 def compare(dev_ws: Path, cpu_ws: Path, nets: list[Network], tolerance: dict[str, Any],
@@ -250,9 +254,9 @@ def smoke(kit: Kit) -> dict[str, Any]:
     with ThreadPoolExecutor(len(plans) + 1) as pool:
         started = {}
         for name, plan in plans.items():
-            params = smoke_params(kit, kit.device, f"locks-{name}")
-            plan["ws"] = workspace(kit, f"smoke-on-{name}", params)
-            started[name] = pool.submit(run_dag, kit, plan["ws"], params, workers, plan["env"])
+            plan["params"] = smoke_params(kit, kit.device, f"locks-{name}", plan["precision"])
+            plan["ws"] = workspace(kit, f"smoke-on-{name}", plan["params"])
+            started[name] = pool.submit(run_dag, kit, plan["ws"], plan["params"], workers)
         cpu = pool.submit(run_dag, kit, cpu_ws, cpu_params, max(1, kit.cores - workers * len(plans)))
         cpu_run = cpu.result()  # without the CPU's run there is nothing to compare: the section fails
         done = {}
@@ -263,7 +267,8 @@ def smoke(kit: Kit) -> dict[str, Any]:
                 done[name] = {"error": f"{type(exc).__name__}: {exc}"}
     nets = runs.networks(cpu_params)
     out = {"cpu_run": cpu_run, "networks": len(nets), "test_images": metrics(cpu_ws, nets[0])["num_test"],
-           "device_runs": {name: {"run": done[name], "env": plan["env"], "tolerance": plan["tolerance"],
+           "device_runs": {name: {"run": done[name], "precision": plan["params"]["compute"].get("precision", "float32"),
+                                  "tolerance": plan["tolerance"],
                                   **compare(plan["ws"], cpu_ws, nets, plan["tolerance"], kit.tiny)}
                            for name, plan in plans.items()}}
     out["within_tolerance"] = all(r["within_tolerance"] for r in out["device_runs"].values())
@@ -511,7 +516,9 @@ def throughput(kit: Kit) -> dict[str, Any]:
         configs.append({**keys, **run_worker(kit, "throughput-worker", config, min(150.0, kit.left(5)))})
     done = [c for c in configs if c["status"] == "ok"]
     return {"configs": configs, "summary": f"{len(done)} of {len(configs)} configurations measured: " + ", ".join(
-        f"{c['net']} {c['precision']}{' compiled' if c['compile'] else ''} {c['images_per_s']:.0f}/s" for c in done)}
+        f"{c['net']} {c['precision']}{' compiled' if c['compile'] else ''} {c['images_per_s']:.0f}/s"
+        + (f" ({c['bound']}-bound: loader {c['loader_images_per_s']:.0f}/s, step {c['step_images_per_s']:.0f}/s)"
+           if "bound" in c else "") for c in done)}
 
 
 SECTIONS = {"device": device, "smoke": smoke, "snakemake": snakemake, "lock": lock, "prepare": prepare,
@@ -577,16 +584,80 @@ class BusySampler:
         return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
 
 
+def torch_settings() -> dict[str, Any]:
+    """What torch was set up to do, as a training job's results depend on it: threads, how float32
+    convolutions and matrix products round, deterministic algorithms."""
+    import torch
+
+    return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "matmul_fp32_precision": torch.backends.cuda.matmul.fp32_precision,
+            "conv_fp32_precision": torch.backends.cudnn.conv.fp32_precision,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark}
+
+
+def synchronize(dev: Any) -> None:
+    import torch
+
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def loader_alone(data: Any, params: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The training job's batches without its step: ``training.step_batches`` (the streamed loader
+    with the job's reader threads, then ``make_batch``: crops, flips, normalisation, on the device)
+    over each epoch's shuffled order, for the batches of ``epochs`` epochs, nothing trained; timed
+    to the device's last kernel."""
+    import torch
+
+    from transferability.training import step_batches
+
+    tr, compute = params["train"], params["compute"]
+    dev = data.y_train.device
+    gen = torch.Generator().manual_seed(0)
+    count = 0
+    synchronize(dev)
+    t = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.randperm(len(data.x_train), generator=gen)
+        for _batch in step_batches(data, None, order, tr["batch_size"], tr.get("crop"), tr.get("mirror", False), gen,
+                                   compute.get("channels_last", False), compute["threads"]):
+            count += 1
+    synchronize(dev)
+    seconds = time.perf_counter() - t
+    return {"batches": count, "seconds": round(seconds, 3),
+            "images_per_s": round(len(data.x_train) * epochs / max(seconds, 1e-9), 1)}
+
+
+def bound(loader: float, step: float, loop: float) -> dict[str, Any]:
+    """Which side limits the loop: the slower of the loader alone and the step alone. A loop that
+    overlaps them runs at the slower one's rate; one that runs them one after the other at
+    1 / (1/loader + 1/step) ("serial")."""
+    side = "loader" if loader < step else "step"
+    slow, fast = (loader, step) if side == "loader" else (step, loader)
+    other = "step" if side == "loader" else "loader"
+    serial = 1 / (1 / loader + 1 / step)
+    return {"bound": side, "serial_images_per_s": round(serial, 1),
+            "loop_of_bound": round(loop / slow, 3),
+            "verdict": f"{side}-bound: {side} {slow:.0f} img/s < {other} {fast:.0f} img/s; the loop "
+                       f"{loop:.0f} img/s ({loop / slow:.2f} of the {side}; {serial:.0f} if run one after the other)"}
+
+
 def throughput_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """One configuration: a warm-up run (allocation, kernel choice, compilation), then the measured
-    run, both through ``training.train`` as a training job runs it."""
+    """One configuration, set up by ``devices.setup`` as a training job is: a warm-up run
+    (allocation, kernel choice, compilation), then the measured run, both through ``training.train``
+    as a training job runs it. A streamed half is measured in parts too: the loader alone (the
+    job's batches, nothing trained), and the step alone (the same training on the half held on the
+    device), so the report says which side bounds the loop."""
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
     from common import default_half
 
-    from transferability.data import half_data, input_size
-    from transferability.devices import resolve_device
+    from transferability.data import Streamed, half_data, input_size
+    from transferability.devices import setup
     from transferability.models import build_model
     from transferability.splits import make_split
     from transferability.store import load_store
@@ -594,18 +665,20 @@ def throughput_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     params = copy.deepcopy(tparams.load(config["params"]))
     compute, tr, ev = params["compute"], params["train"], params["evaluate"]
-    compute.update(device=config["device"], precision=config["precision"], compile=config["compile"])
-    torch.set_num_threads(compute["threads"])
-    dev = resolve_device(config["device"], config["lock_dir"])
-    if dev.type == "cuda":  # as stages.train_network sets up a CUDA job
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    compute.update(device=config["device"], precision=config["precision"], compile=config["compile"],
+                   gpu_lock_dir=config["lock_dir"])
+    dev = setup(compute)  # exactly as stages.train_network sets up a job with this compute
+    settings = torch_settings()
     tr["batch_size"] = config["batch"] or tr["batch_size"]
     ev.update(evals=1, k_best=1)  # one evaluation, at the end: images/s leaves it out
     if config["net"] == "caffenet":  # the prepared store's half B, streamed as an ImageNet half is
         store = load_store(config["store"])
         halves = make_split("random0", {"method": "random", "seed": 0}, store.classes)
-        data = half_data(store, halves, "B", None, 2 if config["device"] == "cpu" else 10, resident_gb=0,
-                         normalise=tr.get("normalise", "mean_std"))
+
+        def half(resident_gb: float | None) -> Any:  # resident_gb None: every image in memory
+            return half_data(store, halves, "B", None, 2 if config["device"] == "cpu" else 10,
+                             resident_gb=resident_gb, normalise=tr.get("normalise", "mean_std"))
+        data = half(0)
     else:  # the default params' half B in memory, as the default run trains it
         params["dataset"]["root"] = config["fmnist"]
         if config["images_per_class"]:
@@ -617,26 +690,45 @@ def throughput_worker(config: dict[str, Any]) -> dict[str, Any]:
     if compute.get("channels_last"):
         net = net.to(memory_format=torch.channels_last)
     data = data.to(dev)
+    streamed = isinstance(data.x_train, Streamed)
     folder = Path.cwd()
-    timings = {}
+    timings, busy = {}, {}
     for run, epochs in (("warm-up", config["warmup_epochs"]), ("measured", config["epochs"])):
         tr["epochs"] = epochs
+        synchronize(dev)
         if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
-        with BusySampler(dev) as busy:
-            timings[run] = train(net, data, params, 0, folder / f"{run}.ckpt", run, f"{config['net']} {run}")["timing"]
+        with BusySampler(dev) as busy[run]:
+            timings[run] = train(net, data, params, 0, folder / f"{run}.ckpt", run, f"{config['net']} {run}")
     gpu = dev.type == "cuda"
-    return {"device_name": torch.cuda.get_device_name(dev) if gpu else "cpu", "threads": compute["threads"],
-            "batch": tr["batch_size"], "train_images": len(data.x_train),
-            "last_batch": len(data.x_train) % tr["batch_size"], "epochs": config["epochs"],
-            "streamed": type(data.x_train).__name__ == "Streamed",
-            "images_per_s": timings["measured"]["train_images_per_s"],
-            "warmup_s": timings["warm-up"]["wall_time_s"], "measured_s": timings["measured"]["wall_time_s"],
-            "peak_mem_mib": round((torch.cuda.max_memory_allocated(dev) if gpu else
-                                   resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20, 1),
-            "peak_mem_of": "GPU, torch.cuda.max_memory_allocated" if gpu else "host, the process's max RSS",
-            "gpu_busy_pct": busy.percent, "busy_samples": len(busy.samples), "busy_from": busy.how}
+    peak = round((torch.cuda.max_memory_allocated(dev) if gpu else
+                  resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20, 1)
+    loop = timings["measured"]["timing"]["train_images_per_s"]
+    out = {"device_name": torch.cuda.get_device_name(dev) if gpu else "cpu", "threads": compute["threads"],
+           "torch_settings": settings, "batch": tr["batch_size"], "train_images": len(data.x_train),
+           "last_batch": len(data.x_train) % tr["batch_size"], "epochs": config["epochs"],
+           "steps": timings["measured"]["results"]["steps"], "streamed": streamed, "images_per_s": loop,
+           "warmup_s": timings["warm-up"]["timing"]["wall_time_s"],
+           "measured_s": timings["measured"]["timing"]["wall_time_s"],
+           "peak_mem_mib": peak, "peak_mem_of": "GPU, torch.cuda.max_memory_allocated" if gpu else
+           "host, the process's max RSS", "gpu_busy_pct": busy["measured"].percent,
+           "busy_samples": len(busy["measured"].samples), "busy_from": busy["measured"].how}
+    if not streamed:  # a half in memory has no loader to measure apart
+        return out
+    with BusySampler(dev) as busy_loader:
+        loader = loader_alone(data, params, config["epochs"])
+    del data  # the streamed half's buffers, before the same images are put on the device
+    resident = half(None).to(dev)  # each batch gathered, cropped and flipped there: the step's own work
+    tr["epochs"] = config["epochs"]
+    synchronize(dev)
+    with BusySampler(dev) as busy_step:
+        step = train(net, resident, params, 0, folder / "step.ckpt", "step", f"{config['net']} step alone")
+    step_rate = step["timing"]["train_images_per_s"]
+    return {**out, "loader_images_per_s": loader["images_per_s"], "loader_batches": loader["batches"],
+            "loader_s": loader["seconds"], "loader_gpu_busy_pct": busy_loader.percent,
+            "step_images_per_s": step_rate, "step_steps": step["results"]["steps"],
+            "step_s": step["timing"]["wall_time_s"], "step_gpu_busy_pct": busy_step.percent,
+            **bound(loader["images_per_s"], step_rate, loop)}
 
 
 def prepare_worker(config: dict[str, Any]) -> dict[str, Any]:
