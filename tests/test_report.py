@@ -153,14 +153,15 @@ def test_networks_that_did_not_learn_are_ringed_counted_and_named(tmp_path):
 
     rows = slugged([r for r in runs(3) if r["split"] == "random0"])
     rows = [{**r, "learned": not (r["family"] == "RnB" and r["n"] == 5 and r["seed"] > 0)} for r in rows]
+    rows[0] = {**rows[0], "learned": False}  # a base (seed 0's baseB): ringed at n = 0
     summary = summarise(rows)
     fig, (a, b) = plt.subplots(1, 2)
     _split_panel(a, rows, summary, "random0", "B", False, ALEXNET_UNITS)
     _pooled_panel(b, rows, ["random0"], 3)
     ring = [t.get_text() for t in a.get_legend().get_texts() if t.get_text().startswith("did not learn")]
     assert ring == ["did not learn: loss at ln C, top-1 at chance"]
-    (ringed,) = [c for c in a.collections if c.get_label() == ring[0]]
-    assert sorted(ringed.get_offsets()[:, 1]) == sorted(r["top1_kbest"] for r in rows if not r["learned"])
+    ringed = [y for c in a.collections if c.get_label().lstrip("_") == ring[0] for y in c.get_offsets()[:, 1]]
+    assert sorted(ringed) == sorted(r["top1_kbest"] for r in rows if not r["learned"])
     assert any("a mean that includes them" in t.get_text() for t in b.get_legend().get_texts())
     plt.close(fig)
     header, table = variant_table(summary)
@@ -169,10 +170,11 @@ def test_networks_that_did_not_learn_are_ringed_counted_and_named(tmp_path):
     params = {"experiment": {"seeds": [0, 1, 2]}, "dataset": {}, "model": {}, "train": {}, "evaluate": {}}
     metrics = metrics_json(summary, [], rows, params)
     assert metrics["random0"]["RnB"]["n5"]["not_learned"] == 2 and "not_learned" not in metrics["random0"]["RnB"]["n4"]
+    assert metrics["random0"]["baseB"]["not_learned"] == 1
     health = metrics["training_health"]
-    assert (health["networks"], health["not_learned"]) == (len(rows), 2)
-    assert health["not_learned_networks"] == ["random0/seed1/R5B", "random0/seed2/R5B"]
-    assert health_words(rows).startswith(f"2 of {len(rows)} networks did not learn: ")
+    assert (health["networks"], health["not_learned"]) == (len(rows), 3)
+    assert health["not_learned_networks"] == ["random0/seed0/baseB", "random0/seed1/R5B", "random0/seed2/R5B"]
+    assert health_words(rows).startswith(f"3 of {len(rows)} networks did not learn: ")
     assert "random0/seed1/R5B, random0/seed2/R5B" in health_words(rows)
     healthy = [{**r, "learned": True} for r in rows]
     assert health_words(healthy).startswith(f"Every one of the {len(rows)} networks learned")

@@ -66,13 +66,15 @@ def _split_panel(ax: Any, rows: list[dict[str, Any]], summary: dict[tuple, dict[
                  target: str, overlay: bool, names: tuple[str, ...]) -> None:
     """One split and target half: a point per run (ringed where it did not learn), a mean line per
     variant, the base; ``overlay``: the study's own points."""
-    base = [r["top1_kbest"] for r in rows if r["split"] == split and r["family"] == f"base{target}"]
+    bases = [r for r in rows if r["split"] == split and r["family"] == f"base{target}"]
+    base = [r["top1_kbest"] for r in bases]
     lo, hi = summary[(split, f"base{target}", 0)]["ci95"]
     if len(base) >= BAND_RUNS:
         ax.axhspan(lo, hi, color="#dddddd", zorder=0)
     ax.axhline(mean(base), color="#555555", lw=1, zorder=1,
                label=f"base{target} (mean of {len(base)})")
     ax.scatter([0] * len(base), base, color="white", edgecolor="black", zorder=3, s=36)
+    _mark_unlearned(ax, [(0, r["top1_kbest"]) for r in bases if r.get("learned") is False])
     families = sorted({r["family"] for r in rows if r["split"] == split and r["target"] == target
                        and not r["family"].startswith("base")}, key=lambda f: list(STYLE).index(role(f, target)))
     for fam in families:
@@ -133,10 +135,10 @@ def _mark_unlearned(ax: Any, points: list[tuple[float, float]], what: str = "") 
     one legend entry per panel."""
     if not points:
         return
-    drawn = any(h.get_label().startswith("did not learn") for h in ax.collections)
+    label = "did not learn: loss at ln C, top-1 at chance" + (f" ({what})" if what else "")
+    drawn = any(h.get_label() == label for h in ax.collections)
     ax.scatter([x for x, _ in points], [y for _, y in points], facecolor="none", edgecolor="black", marker="o",
-               s=110, lw=1.4, zorder=5, label=None if drawn else "did not learn: loss at ln C, top-1 at chance"
-               + (f" ({what})" if what else ""))
+               s=110, lw=1.4, zorder=5, label="_" + label if drawn else label)  # "_": not in the legend again
 
 
 def _band(ax: Any, intervals: list[tuple[float | None, float | None]], ns: list[int], color: str) -> None:
