@@ -51,7 +51,7 @@ import torch
 from common import ROOT, parser, save, table
 
 from transferability import params as tparams
-from transferability.data import HalfData, Loader, Streamed, augmentation, batches, make_batch
+from transferability.data import HalfData, Loader, Streamed, augmentation, batches, gather, make_batch
 
 BEFORE = "eb5778e"  # main before the loader was rebuilt
 
@@ -244,6 +244,32 @@ def copies_made(path: Path, rows: np.ndarray, order: torch.Tensor, size: int, th
     return new, batch_copies(lambda: old.Streamed(images, rows)[order[:size]], batch_bytes) if old else None
 
 
+def python_seconds(order: torch.Tensor, size: int, repeat: int = 3) -> float:
+    """Seconds per image the loader's Python holds the GIL for: ``gather``'s loop over the same batches of a
+    store of 1-byte images (everything but the copy, which numpy does without the GIL). Its share of an
+    image's time bounds what threads can give (Amdahl)."""
+    tiny, out = np.zeros((len(order), 1), np.uint8), np.empty((size, 1), np.uint8)
+    by_batch = [order[a : a + size].numpy() for a in range(0, len(order), size)]
+
+    def loop() -> None:
+        for rows in by_batch:
+            gather(tiny, rows, out[: len(rows)])
+
+    return min(images_per_s(loop, 1)[0] ** -1 for _ in range(repeat)) / len(order)
+
+
+def memcpy_gb_s(threads: int, nbytes: int = 2**28, repeat: int = 3) -> float:
+    """The machine's copy rate (GB/s copied, best of ``repeat``): ``threads`` threads each copying its own
+    ``nbytes`` array into another, numpy without the GIL: what any loader's copies share."""
+    src = [np.ones(nbytes, np.uint8) for _ in range(threads)]
+    dst = [np.empty_like(a) for a in src]
+
+    def work(k: int) -> None:
+        np.copyto(dst[k], src[k])
+
+    return max(images_per_s(partial(split, work, threads), threads * nbytes)[0] for _ in range(repeat)) / 1e9
+
+
 def main() -> None:
     p = parser(__doc__)
     p.set_defaults(params=str(ROOT / "workflow" / "params" / "imagenet.yaml"))
@@ -323,6 +349,15 @@ def main() -> None:
     if "1" in best["hot"] and "2" in best["hot"]:
         scaling = {mode: {name: ratio(best[mode]["2"][name], best[mode]["1"][name]) for name in ("new", "anchor")}
                    for mode in ("hot", "cold")}
+    memcpy = {str(k): round(memcpy_gb_s(k), 2) for k in args.threads}
+    gil_s = python_seconds(epoch(n, 0), size)
+    gil = {"python_us_per_image": round(gil_s * 1e6, 3)}
+    if "1" in best["hot"]:
+        share = gil_s * best["hot"]["1"]["new"]  # of an image's time in the loader at 1 thread
+        gil.update(share_of_an_image=round(share, 4), two_threads_bound=round(1 / (share + (1 - share) / 2), 3))
+    if scaling:
+        scaling["per CPU second"] = {mode: {name: ratio(max(cpu[mode]["2"][name]), max(cpu[mode]["1"][name]))
+                                            for name in ("new", "anchor")} for mode in ("hot", "cold")}
     hot_min = min((v["new/anchor"] or 0) for v in ratios["hot"].values())
     cold_min = min((v["new/anchor"] or 0) for v in ratios["cold"].values())
 
@@ -344,7 +379,7 @@ def main() -> None:
                            "2 threads >= 1.8 x one (hot)": bool(scaling) and (scaling["hot"]["new"] or 0) >= 1.8,
                            "2 threads >= 1.8 x one (cold)": bool(scaling) and (scaling["cold"]["new"] or 0) >= 1.8,
                            "one copy per batch": copies["new"] == 1 and new_peak < 0.25},
-               "copies_per_batch": copies, "resident_bytes_after_evict": evicted,
+               "gil": gil, "memcpy_gb_s": memcpy, "copies_per_batch": copies, "resident_bytes_after_evict": evicted,
                "load_average_1min": loads}
     rows_out = []
     for mode, by in best.items():
@@ -353,6 +388,7 @@ def main() -> None:
                              ratios[mode][k]["new/old"] or "", ratios[mode][k]["new/anchor per CPU second"]])
     table(["mode", "threads", "anchor img/s", "new img/s", "old img/s", "new/anchor", "new/old", "per CPU s"], rows_out)
     print(f"scaling 2 vs 1 thread: {scaling}")
+    print(f"GIL held {gil}; memcpy GB/s by threads {memcpy}")
     print(f"copies per batch: new {copies['new']} (numpy batches made {new_peak:.3f}), old {copies['old']} "
           f"(numpy batches made {old_peak})")
     save("loader", figures, None, args)
