@@ -125,3 +125,24 @@ def test_loader_benchmark(tmp_path):
         assert copies["old_numpy_batches_made"] > 1.9  # a gathered temporary and the batch
     assert f["pinned"] == torch.cuda.is_available()
     assert len(f["resident_bytes_after_evict"]) == (5 if f["before"] else 4)  # a pass per cold loader
+
+
+def test_random_filters_benchmark(tmp_path):
+    """RnB built as the training stage builds it: the traced steps are training.train's (the same first
+    evaluation, loss and top-1), and the prototxt's Gaussians leave the small net's random prefix constant."""
+    f = run_bench("random_filters", tmp_path, "--n", "5", "6", "--settings", "default", "caffe", "--full", "default")
+    runs = {(r["setting"], r["n"]): r for r in f["runs"]}
+    assert sorted(runs) == [("caffe", 5), ("caffe", 6), ("default", 5), ("default", 6)]
+    units = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
+    for (_, n), r in runs.items():
+        assert list(r["prefix"]["layers"]) == units[:n]
+        assert r["trace"]["steps"] == [0, 2, 5] and all(sorted(lv) == units[n:] for lv in r["trace"]["live"])
+        assert all(0 <= v <= 1 for lv in r["trace"]["live"] for v in lv.values())
+    for n in (5, 6):
+        step, loss, top1 = runs[("default", n)]["full"]["curve"][0]
+        first = runs[("default", n)]["trace"]["first_eval"]
+        assert first["step"] == step and first["top1"] == top1
+        assert first["train_loss"] == pytest.approx(loss, abs=1e-6)
+        # Gaussians of std 0.01 and biases of 1 on 3x3 convolutions: every image gives the same input
+        assert runs[("caffe", n)]["prefix"]["input_of_trained"]["common_share"] > 0.999
+        assert runs[("default", n)]["prefix"]["input_of_trained"]["common_share"] < 0.95
