@@ -262,7 +262,7 @@ class Loader:
             return buf.to(self.device), None
         with torch.cuda.stream(stream):
             batch = buf.to(self.device, non_blocking=True)
-            sent = torch.cuda.Event()
+            sent = torch.cuda.Event(blocking=True)  # a reader waiting on it sleeps, not spins on a core
             sent.record(stream)
         self.sent[b] = sent
         return batch, sent
