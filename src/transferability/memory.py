@@ -155,7 +155,7 @@ def train_parts(params: dict[str, Any], network: Network) -> dict[str, int]:
     parts = {"runtime": RUNTIME + (CUDA_RUNTIME if gpu else 0),
              "images": sum(n * image for n, s in zip(counts.values(), streamed, strict=True) if not s),
              "labels": 8 * 3 * counts["train"] + 8 * counts["test"],  # labels, the epoch's order (twice)
-             "loader": 4 * tr["batch_size"] * image if any(streamed) else 0,  # a batch ahead, its pinned copy
+             "loader": 4 * tr["batch_size"] * image if any(streamed) else 0,  # data.PREFETCH + 1 reused buffers
              "checkpoint": 4 * 2 * net["params"] * (2 if gpu else 1)}  # read on resume; on a GPU, its CPU copy
     if not gpu:
         batch = max(tr["batch_size"], compute.get("eval_batch", 250))
