@@ -12,7 +12,7 @@ per setting (init, input scale, learning rate):
   image) of every trained ReLU layer, and top-1 and mean loss at the run's first evaluation;
 - optionally (``--full``) the whole budget through training.train itself: top-1 (k best).
 
-    python benchmarks/random_filters.py --full default --plot    # five splits, traces; 17 min on 2 cores
+    python benchmarks/random_filters.py --full default --plot    # five splits, traces; 8-17 min on 2 cores
     python benchmarks/random_filters.py --caffenet               # the study's CaffeNet at its init, 1 min
     python benchmarks/random_filters.py --quick                  # a few steps: checks the script
 
