@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from transferability import estimator_report, prediction, runs, stages
 from transferability import params as tparams
-from transferability import prediction, runs, stages
 from transferability.data import normalisation
 from transferability.errors import UserError
 from transferability.features import extract, unit_taps
@@ -93,7 +93,7 @@ def test_scores_rank_the_layers_as_the_measured_curves_do(synthetic):
     assert scores["images"] == 150 and scores["source_network"] == "baseA"
     for method in ("logme", "hscore", "cka"):
         assert np.all(np.diff(scores["scores"][method]) < 0), method  # separation falls with n: so do they
-    prediction.compare(params, "reports")
+    estimator_report.compare(params, "reports")
     result = json.loads(open("reports/estimators.json").read())
     metrics = result["metrics"]
     for method in ("logme", "hscore", "cka"):
@@ -141,7 +141,7 @@ def test_a_missing_run_is_one_line_naming_it(synthetic):
     prediction.estimate(synthetic, "random0", 0)
     runs.Network("random0", 0, "AnB", 4).file("metrics.json").unlink()
     with pytest.raises(UserError, match=r"AnB/n4/metrics.json is missing: train A4B \(random0, seed 0\) first"):
-        prediction.compare(synthetic, "reports")
+        estimator_report.compare(synthetic, "reports")
 
 
 @pytest.mark.parametrize(
@@ -201,7 +201,6 @@ def test_pooling_counts_the_split_and_seed_unit_as_the_replicate_and_shows_what_
     assert cka["replicates"] == 2 and cka["dropped"] == 1     # two units with a value, not three records
     assert cka["mean"] == pytest.approx(1 / 3, abs=1e-6)       # mean of the units' 0 and 2/3
     assert cka["std"] == pytest.approx(math.sqrt(2) / 3, abs=1e-6)
-    from transferability import estimator_report
 
     header, rows = estimator_report.table(prediction.pooled(reps, ["cka"]), {"cka": 1.0})
     row = dict(zip(header, rows[1], strict=True))
@@ -276,7 +275,7 @@ def test_stored_scores_for_other_layers_are_one_line_naming_them_and_the_fix(syn
                                         r"\[1, 2, 3, 4, 5, 6, 7\], but experiment.layers is \[1, 2, 3, 4, 5, 6\]: "
                                         r"run `transferability estimate "
                                         r"--split random0 --seed 0` again$"):
-        prediction.compare(synthetic, "reports")
+        estimator_report.compare(synthetic, "reports")
 
 
 def test_the_random_networks_are_read_where_features_dumps_every_one(params):
@@ -303,7 +302,7 @@ def test_the_stage_scores_every_source_it_has_dumps_of(synthetic):
     assert set(stored["sources"]) == {"BnB", "RnB"} and stored["sources"]["RnB"]["networks"][4] == "R5B"
     assert stored["sources"]["BnB"]["scores"]["cka"] == [1.0] * 7   # the target's own base against itself
     assert len(stored["sources"]["RnB"]["scores"]["hscore"]) == 7
-    prediction.compare(params, "reports")
+    estimator_report.compare(params, "reports")
     cka = json.loads(open("reports/estimators.json").read())["metrics"]["cka"]["sources"]
     assert cka["sources"] == ["AnB", "BnB", "RnB"] and cka["replicates"] == 1 and cka["dropped"] == 0
     assert cka["mean"] == 1.0   # own base 1, A's base between, random filters least: as measured at every n

@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
 
             estimate(params, args.split, args.seed)
         elif args.stage == "estimators":
-            from .prediction import compare
+            from .estimator_report import compare
 
             compare(params)
         elif args.stage == "report":

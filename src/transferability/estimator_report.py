@@ -1,4 +1,5 @@
-"""The estimators' comparison in words, tables and a figure: what prediction.py computes, for people.
+"""The `estimators` stage (``compare``): the estimators' comparison in words, tables and a figure, what
+prediction.py computes, for people.
 
 Every estimator sits beside depth alone (score = -n), because on data where transfer falls with n a
 score that merely falls with n ranks the layers well; the claims say, in those words, which estimators
@@ -7,13 +8,15 @@ beat depth (their gain's 95% interval over replicate units lies above 0) and whi
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
-from .prediction import CURVE_NAMES, CURVES, DEPTH, NAMES, ORDER, WHAT, WHOLE_NETWORK, best
+from . import runs
+from .atomic import atomic_path, write_json, write_text
+from .prediction import CURVE_NAMES, CURVES, DEPTH, NAMES, ORDER, WHAT, WHOLE_NETWORK, best, costs, pooled, replicates
 
 
 def _name(method: str) -> str:
@@ -239,3 +242,27 @@ def _save(fig: Any, path: Path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+def compare(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) -> Path:
+    """The `estimators` stage: estimators.md (the table, depth beside every estimator, and which beat it),
+    estimators.png, and estimators.json, whose ``metrics`` (rank correlations and scores: the same bits from
+    the same runs) the report merges into metrics.json; the costs, which differ from run to run, stay out of it."""
+    out = Path(out_dir)
+    methods, layers = params["estimators"]["methods"], params["experiment"]["layers"]
+    reps = replicates(params)
+    summary = pooled(reps, methods) if reps else {}
+    cost = costs(reps, methods) if reps else {}
+    header, rows = table(summary, cost) if reps else ([], [])
+    said = claims(summary) if reps else []
+    write_text(out / "estimators.md", markdown(reps, summary, cost, layers, header, rows, said))
+    figure(reps, summary, cost, layers, out / "estimators.png")
+    dest = out / "estimators.json"
+    write_json(dest, {"metrics": summary, "replicates": reps, "cost_core_s": cost,
+                      "table": {"header": header, "rows": rows}, "claims": said})
+    # the numbers alone, without the costs: what DVC records (dvc.yaml), the same bytes from the same runs
+    write_json(out / "estimator_metrics.json", {"metrics": summary})
+    units = len({(r["split"], r["seed"]) for r in reps})
+    print(f"estimators: {len(reps)} records in {units} replicate units, {', '.join(methods) or 'none'} -> "
+          f"{out / 'estimators.md'}", file=sys.stderr)
+    return dest

@@ -6,16 +6,17 @@ every n in ``experiment.layers``, from the feature dumps of the target's trainin
 each one (CPU seconds of this process: core-seconds, whatever the thread count). Where the dumps exist
 it scores the target's other sources too (its own base for BnB, the random networks for RnB).
 
-``compare`` ranks each replicate's per-n scores against the measured top-1 of the networks they
-predict (AnB: layers 1..n copied and frozen; AnB+: fine-tuned) with Kendall's tau and Spearman's rho,
-beside the trivial predictor "score = -n" (depth alone), and pools per replicate unit as findings.py
-does: a unit is one (split, seed), its two target halves (which share both bases) averaged first, a
-Student's t 95% interval over units; correlations that are undefined are counted, never hidden. Each
-estimator's gain over depth (tau - depth's tau, per unit) says whether it knows more than the layer's
-depth. Two comparisons depth cannot win: (a) at each n, the sources a target transfers from (BnB,
-AnB, RnB) ranked by score against their measured top-1; (b) at each n, across units, the score
-against the measured drop AnB(n) - base. LEEP and NCE read the source's classifier, not a layer: they
-give one score per network, which cannot rank n, so they are reported as scores only.
+``pooled`` (for the `estimators` stage, estimator_report.compare) ranks each replicate's per-n scores
+against the measured top-1 of the networks they predict (AnB: layers 1..n copied and frozen; AnB+:
+fine-tuned) with Kendall's tau and Spearman's rho, beside the trivial predictor "score = -n" (depth
+alone), and pools per replicate unit as findings.py does: a unit is one (split, seed), its two target
+halves (which share both bases) averaged first, a Student's t 95% interval over units; correlations that
+are undefined are counted, never hidden. Each estimator's gain over depth (tau - depth's tau, per unit)
+says whether it knows more than the layer's depth. Two comparisons depth cannot win: (a) at each n, the
+sources a target transfers from (BnB, AnB, RnB) ranked by score against their measured top-1; (b) at
+each n, across units, the score against the measured drop AnB(n) - base. LEEP and NCE read the source's
+classifier, not a layer: they give one score per network, which cannot rank n, so they are reported as
+scores only.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import estimators, runs
-from .atomic import write_json, write_text
+from .atomic import write_json
 from .embedding import columns, fne_accuracy
 from .errors import UserError
 from .runs import OTHER_HALF, FeatureJob, Network
@@ -420,29 +421,3 @@ def best(summary: dict[str, dict[str, Any]], curve: str) -> tuple[str, dict[str,
 def load_comparison(out_dir: str | Path = runs.REPORT_DIR) -> dict[str, Any]:
     """What the `estimators` stage wrote, for the report."""
     return _json(Path(out_dir) / "estimators.json", "run `transferability estimators` first")
-
-
-def compare(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) -> Path:
-    """The `estimators` stage: estimators.md (the table, depth beside every estimator, and which beat it),
-    estimators.png, and estimators.json, whose ``metrics`` (rank correlations and scores: the same bits from
-    the same runs) the report merges into metrics.json; the costs, which differ from run to run, stay out of it."""
-    from .estimator_report import claims, figure, markdown, table
-
-    out = Path(out_dir)
-    methods, layers = params["estimators"]["methods"], params["experiment"]["layers"]
-    reps = replicates(params)
-    summary = pooled(reps, methods) if reps else {}
-    cost = costs(reps, methods) if reps else {}
-    header, rows = table(summary, cost) if reps else ([], [])
-    said = claims(summary) if reps else []
-    write_text(out / "estimators.md", markdown(reps, summary, cost, layers, header, rows, said))
-    figure(reps, summary, cost, layers, out / "estimators.png")
-    dest = out / "estimators.json"
-    write_json(dest, {"metrics": summary, "replicates": reps, "cost_core_s": cost,
-                      "table": {"header": header, "rows": rows}, "claims": said})
-    # the numbers alone, without the costs: what DVC records (dvc.yaml), the same bytes from the same runs
-    write_json(out / "estimator_metrics.json", {"metrics": summary})
-    units = len({(r["split"], r["seed"]) for r in reps})
-    print(f"estimators: {len(reps)} records in {units} replicate units, {', '.join(methods) or 'none'} -> "
-          f"{out / 'estimators.md'}", file=sys.stderr)
-    return dest
