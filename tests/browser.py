@@ -1,6 +1,6 @@
 """Open an HTML page in a real headless browser: Debian's Chromium (apt: chromium, chromium-driver),
 driven by Selenium through chromedriver. It reports the page's console messages, every image's
-natural size once loaded, and can save a screenshot of the whole page.
+natural size once loaded and where the page lays it out, and can save a screenshot of the whole page.
 
     python -m tests.browser reports/index.html docs/report-screenshot.jpg --height 2400
 
@@ -19,8 +19,13 @@ from pathlib import Path
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-IMAGES_JS = """return Array.from(document.images).map(i => ({
-    src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth, height: i.naturalHeight}));"""
+# Every image in document order: its natural size, and where and how large the page lays it out (CSS px).
+IMAGES_JS = """return Array.from(document.images).map(i => {const r = i.getBoundingClientRect(); return {
+    src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
+    left: r.left + window.scrollX, top: r.top + window.scrollY, shown_width: r.width, shown_height: r.height};});"""
+# The width the body's content gets: the widest an image can be laid out.
+CONTENT_WIDTH_JS = """const s = getComputedStyle(document.body);
+    return document.body.clientWidth - parseFloat(s.paddingLeft) - parseFloat(s.paddingRight);"""
 
 
 def missing() -> list[str]:
@@ -37,7 +42,9 @@ def missing() -> list[str]:
 class Page:
     title: str
     console: list[dict] = field(default_factory=list)  # {"level", "message", ...} from the browser's log
-    images: list[dict] = field(default_factory=list)  # {"src", "complete", "width", "height"}
+    # {"src", "complete", "width", "height" (natural), "left", "top", "shown_width", "shown_height" (laid out)}
+    images: list[dict] = field(default_factory=list)
+    content_width: float = 0.0  # CSS px: the body's width less its padding
 
     @property
     def errors(self) -> list[dict]:
@@ -70,7 +77,8 @@ def open_page(html: Path, screenshot: Path | None = None, width: int = 1280, tim
         driver.get(Path(html).resolve().as_uri())
         WebDriverWait(driver, timeout).until(lambda d: d.execute_script(
             "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"))
-        page = Page(title=driver.title, images=driver.execute_script(IMAGES_JS))
+        page = Page(title=driver.title, images=driver.execute_script(IMAGES_JS),
+                    content_width=driver.execute_script(CONTENT_WIDTH_JS))
         if screenshot is not None:
             size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
             jpeg = Path(screenshot).suffix.lower() in (".jpg", ".jpeg")

@@ -6,7 +6,7 @@ import pytest
 
 from transferability import study
 from transferability.errors import UserError
-from transferability.figures import figure2, findings_figures
+from transferability.figures import FRONT_WIDTH_PX, figure2, figure2_replicates, findings_figures
 from transferability.findings import budget_check, evaluate
 from transferability.report import build_report, findings_markdown, intro
 from transferability.runs import role
@@ -68,9 +68,42 @@ def test_the_studys_controls_are_its_published_table():
 
 
 def test_figure_with_the_study_overlaid(tmp_path):
-    path = tmp_path / "figure2.png"
-    figure2(ROWS, summarise(ROWS), True, path)
+    path = tmp_path / "figure2-replicates.png"
+    figure2_replicates(ROWS, summarise(ROWS), True, path)
     assert path.read_bytes()[:4] == b"\x89PNG" and path.stat().st_size > 20_000
+
+
+def test_figure2_is_the_pooled_panel_alone_at_the_pages_width(tmp_path):
+    """The page's front: one panel as wide as the page's content (report.PAGE), its legend beside the axes
+    in reading order (our roles, the study's, the ring) at a size that reads 1:1; the per-split panels go
+    to a second image, four to a row."""
+    import struct
+
+    import matplotlib.pyplot as plt
+
+    from transferability.figures import _pooled_panel
+
+    from .test_findings import mirrored, runs
+
+    rows = runs(3) + mirrored(runs(3, split_seed=1))
+    rows = [{**r, "top1": r["top1_kbest"], "learned": not (r["family"] == "RnB" and r["n"] == 7 and r["seed"] == 0)}
+            for r in rows]
+    figure2(rows, ["random0"], tmp_path / "figure2.png")
+    figure2_replicates(rows, summarise(rows), True, tmp_path / "figure2-replicates.png")
+    size = {name: struct.unpack(">II", (tmp_path / name).read_bytes()[16:24])
+            for name in ("figure2.png", "figure2-replicates.png")}
+    assert size["figure2.png"] == (FRONT_WIDTH_PX, 620)
+    assert size["figure2-replicates.png"] == (4 * 715, 550)  # random0 and dissimilar, both halves: 4 panels, 110 dpi
+    fig, ax = plt.subplots()
+    _pooled_panel(ax, rows, ["random0"], 3)
+    legend = ax.get_legend()
+    assert [t.get_text().split("\n")[0] for t in legend.get_texts()] == [
+        "base (each replicate's own)", "TnT", "TnT+", "SnT", "SnT+", "RnT", "TnT, the study", "TnT+, the study",
+        "SnT, the study", "SnT+, the study", "did not learn: loss at ln C, top-1 at chance"]
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 11 and ax.title.get_fontsize() >= 12
+    fig.canvas.draw()
+    assert legend.get_window_extent().x0 > ax.get_window_extent().x1  # beside the axes, over no point
+    plt.close(fig)
 
 
 def test_report_names_the_missing_run(tmp_path, monkeypatch, params):
@@ -108,7 +141,7 @@ def test_findings_say_the_verdicts_the_budget_check_and_the_studys_table(tmp_pat
     assert "| BnB+ (TnT+) | n = 5..7 |" in text and "+0.0176 |" in text
     path = tmp_path / "figure2.png"
     rows = [{**r, "top1": r["top1_kbest"]} for r in rows]
-    figure2(rows, summarise(rows), False, path, ["random0"])  # the pooled panel with the study's curve
+    figure2(rows, ["random0"], path)  # the pooled panel with the study's curve
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 

@@ -117,10 +117,10 @@ def test_snakemake_run_writes_the_report(snakemake_ws):
         {k: smoke[k] for k in ("dataset", "model", "train", "evaluate")}
     assert base["params"]["compute"]["threads"] == smoke["compute"]["threads"] == 1
     reports = snakemake_ws / "reports"
-    for name in ("index.html", "metrics.json", "figure2.png", "curves.png", "probes.png", "runs.csv",
-                 "decomposition.md", "fne.md", "findings.md", "dissimilar.png", "random_filters.png"):
+    for name in ("index.html", "metrics.json", "figure2.png", "figure2-replicates.png", "curves.png", "probes.png",
+                 "runs.csv", "decomposition.md", "fne.md", "findings.md", "dissimilar.png", "random_filters.png"):
         assert (reports / name).stat().st_size > 0, name
-    assert (reports / "figure2.png").read_bytes()[:4] == b"\x89PNG"
+    assert all((reports / name).read_bytes()[:4] == b"\x89PNG" for name in ("figure2.png", "figure2-replicates.png"))
     metrics = json.loads((reports / "metrics.json").read_text())["random0"]
     for variant in ("BnB", "BnB-ft", "AnB", "AnB-ft", "RnB"):
         assert sorted(metrics[variant]) == [f"n{n}" for n in range(1, 8)]
@@ -143,7 +143,7 @@ def test_snakemake_run_writes_the_report(snakemake_ws):
     rows = (reports / "runs.csv").read_text().splitlines()
     assert len(rows) == 1 + NETWORKS
     html = (reports / "index.html").read_text()
-    assert 'src="figure2.png"' in html and "A3B+" in html and "co-adaptation" in html
+    assert html.index('src="figure2.png"') < html.index('src="figure2-replicates.png"') and "A3B+" in html and "co-adaptation" in html
     assert len(list((reports / "curves").glob("*.csv"))) == NETWORKS
     bench = [f for split in ("random0", "dissimilar")  # one per training
              for f in (snakemake_ws / "data" / "benchmarks" / split).rglob("*.tsv")]

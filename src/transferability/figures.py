@@ -1,6 +1,7 @@
-"""The report's figures: the study's Figure 2 for the user's data (pooled over replicates, with the
-study's own curve beside it, and per split), the two control comparisons, learning curves and the
-per-layer probes. Every figure is written atomically as PNG.
+"""The report's figures: the study's Figure 2 for the user's data (figure2.png: pooled over replicates,
+with the study's own curve beside it, the page's front at its full width; figure2-replicates.png: per
+split, as small multiples), the two control comparisons, learning curves and the per-layer probes.
+Every figure is written atomically as PNG.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from . import study  # noqa: E402
 from .architecture import ALEXNET_UNITS  # noqa: E402
 from .atomic import atomic_path  # noqa: E402
-from .findings import over, replicates, role_minus_base, units, unlearned  # noqa: E402
+from .findings import over, role_minus_base, units, unlearned  # noqa: E402
 from .runs import role  # noqa: E402
 from .tables import sizes  # noqa: E402
 
@@ -27,38 +28,60 @@ STYLE = {"TnT": ("#1f4e9c", "o", "-"), "TnT+": ("#6fa8dc", "o", "--"), "SnT": ("
 BAND_RUNS = 3  # a t interval from two runs (t = 12.7) says little: per-split bands need three seeds
 
 
-def _n_axis(ax: Any, names: tuple[str, ...]) -> None:
-    """n from 0 (the base) to L-1, each tick with the unit it copies last (conv3, layer2.1, blocks.5)."""
+# The front figure (the pooled panel alone) is drawn at the page's content width (report.PAGE: max-width
+# 1200px), so a 1280-px window shows it 1:1 and its legend and labels read at their point sizes.
+FRONT_WIDTH_PX = 1200
+FRONT_DPI = 100
+TITLE = "How transferable are features? (Yosinski et al. 2014, Figure 2, on this data)"
+
+
+def _n_axis(ax: Any, names: tuple[str, ...], fontsize: float | None = None) -> None:
+    """n from 0 (the base) to L-1, each tick with the unit it copies last (conv3, layer2.1, blocks.5);
+    ``fontsize``: the ticks' (default: 8 points, 6 where more than 9 ticks stand side by side)."""
     top = len(names) - 1
     ax.set_xlim(-0.4, top + 0.4)
     ax.set_xticks(range(top + 1), ["0\nbase"] + [f"{n}\n{names[n - 1]}" for n in range(1, top + 1)],
-                  fontsize=8 if top <= 9 else 6, rotation=0 if top <= 9 else 90)
+                  fontsize=fontsize or (8 if top <= 9 else 6), rotation=0 if top <= 9 else 90)
     ax.set_xlabel("n: units copied from the source network (the last one named)")
 
 
-def figure2(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], overlay: bool,
-            path: Path, pooled_splits: list[str] | None = None, names: tuple[str, ...] = ALEXNET_UNITS,
+def figure2(rows: list[dict[str, Any]], splits: list[str], path: Path, names: tuple[str, ...] = ALEXNET_UNITS,
             alexnet: bool = True) -> None:
-    """Top-1 against n. First, when several replicates exist, every role pooled over the random
-    splits and both directions as the study pooled them (relative to each replicate's base, with
-    95% bands); then a panel per split and target half: a point per run, a mean line per variant.
-    ``names``: the architecture's units; ``alexnet``: draw the study's own numbers beside ours."""
+    """The page's front: the study's Figure 2 for this data, every role minus its replicate's base pooled
+    over the units (split, seed) of ``splits`` and both directions as the study pooled them (95% bands),
+    alone and at the page's width, its legend beside the axes. ``names``: the architecture's units;
+    ``alexnet``: the study's own numbers beside ours (hollow markers)."""
+    fig, ax = plt.subplots(figsize=(FRONT_WIDTH_PX / FRONT_DPI, 6.2))
+    _pooled_panel(ax, rows, splits, len(units(rows, splits)), names, alexnet)
+    fig.suptitle(TITLE, fontsize=14)
+    _save(fig, path, FRONT_DPI)
+
+
+def figure2_replicates(rows: list[dict[str, Any]], summary: dict[tuple, dict[str, Any]], overlay: bool,
+                       path: Path, names: tuple[str, ...] = ALEXNET_UNITS, alexnet: bool = True) -> None:
+    """Small multiples below the front: a panel per split and target half, a point per run and a mean
+    line per variant; ``overlay`` (AlexNet only): the study's points for that split."""
     panels = sorted({(r["split"], r["target"]) for r in rows if not r["family"].startswith("base")})
-    count = len(units(rows, pooled_splits or []))
-    pooled = len(replicates([r for r in rows if r["split"] in (pooled_splits or [])])) > 1
-    cols = min(4, len(panels) + pooled)
-    nrows = -(-(len(panels) + pooled) // cols)
+    cols = max(1, min(4, len(panels)))
+    nrows = max(1, -(-len(panels) // cols))
     fig, axes = plt.subplots(nrows, cols, figsize=(6.5 * cols, 5 * nrows), squeeze=False)
-    for ax in axes.flat[len(panels) + pooled :]:
+    for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    if pooled:
-        _pooled_panel(axes.flat[0], rows, pooled_splits or [], count, names, alexnet)
-    for ax, (split, target) in zip(axes.flat[pooled:], panels, strict=False):
+    for ax, (split, target) in zip(axes.flat, panels, strict=False):
         _split_panel(ax, rows, summary, split, target, overlay and alexnet, names)
-    fig.suptitle("How transferable are features? (Yosinski et al. 2014, Figure 2, on this data)")
+    if not panels:
+        axes.flat[0].set_visible(True)
+        axes.flat[0].axis("off")
+        axes.flat[0].text(0.5, 0.5, "no transfer networks in params (experiment.variants)", ha="center")
+    fig.suptitle(f"{TITLE}: per split and target half")
+    _save(fig, path, 110)
+
+
+def _save(fig: Any, path: Path, dpi: int) -> None:
+    """Lay the figure out, write it as PNG atomically, free it."""
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
 
 
@@ -120,14 +143,19 @@ def _pooled_panel(ax: Any, rows: list[dict[str, Any]], splits: list[str], count:
         if rl != "RnT" and alexnet:  # the study's random filters fall 50 points: off this scale
             ax.scatter(list(ref[rl]), list(ref[rl].values()), facecolor="none", edgecolor=color, marker=marker,
                        s=60, zorder=4, label=f"{rl}, the study")
-    _n_axis(ax, names)
-    ax.set_ylabel("top-1 minus the base's (mean, 95% interval)")
+    _n_axis(ax, names, 11 if len(names) <= 10 else 9)
+    ax.set_ylabel("top-1 minus the base's (mean, 95% interval)", fontsize=12)
     targets = {r["target"] for r in rows if r["split"] in splits and r["n"] > 0}  # a source base is no target
     halves = "both halves as targets, " if len(targets) > 1 else ""
     ax.set_title(f"pooled: {', '.join(splits)}, {halves}{count} replicate{'s' * (count != 1)}"
-                 + (" (hollow: the study)" if alexnet else ""), fontsize=10)
+                 + (" (hollow: the study)" if alexnet else ""), fontsize=12)
+    ax.xaxis.label.set_fontsize(12)
+    ax.tick_params(axis="y", labelsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    handles, labels = ax.get_legend_handles_labels()  # ours, then the study's, then the ring
+    order = sorted(range(len(labels)), key=lambda i: (labels[i].startswith("did not"), ", the study" in labels[i]))
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=11, loc="upper left",
+              bbox_to_anchor=(1.01, 1), borderaxespad=0)  # beside the axes: it covers no point
 
 
 def _mark_unlearned(ax: Any, points: list[tuple[float, float]], what: str = "") -> None:
@@ -135,7 +163,7 @@ def _mark_unlearned(ax: Any, points: list[tuple[float, float]], what: str = "") 
     one legend entry per panel."""
     if not points:
         return
-    label = "did not learn: loss at ln C, top-1 at chance" + (f" ({what})" if what else "")
+    label = "did not learn: loss at ln C, top-1 at chance" + (f"\n({what})" if what else "")
     drawn = any(h.get_label() == label for h in ax.collections)
     ax.scatter([x for x, _ in points], [y for _, y in points], facecolor="none", edgecolor="black", marker="o",
                s=110, lw=1.4, zorder=5, label="_" + label if drawn else label)  # "_": not in the legend again
@@ -190,10 +218,7 @@ def findings_figures(rows: list[dict[str, Any]], random_splits: list[str], dissi
         ax.grid(alpha=0.3)
         if drawn:
             ax.legend(fontsize=8)
-        fig.tight_layout()
-        with atomic_path(out / name, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
+        _save(fig, out / name, 100)
 
 
 def _other(half: str) -> str:
@@ -219,10 +244,7 @@ def curves_figure(rows: list[dict[str, Any]], path: Path) -> None:
         ax.axis("off")
     fig.supxlabel("epoch")
     fig.supylabel("test top-1")
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    _save(fig, path, 90)
 
 
 
@@ -251,9 +273,6 @@ def probes_figure(embeds: list[dict[str, Any]], summary: dict[tuple, dict[str, A
         ax.set_title("Generality from features alone: a linear probe per layer")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    _save(fig, path, 100)
 
 

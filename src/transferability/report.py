@@ -16,7 +16,7 @@ from . import health, runs
 from .architecture import is_alexnet, unit_names
 from .atomic import write_json, write_text
 from .errors import UserError
-from .figures import curves_figure, figure2, findings_figures, probes_figure
+from .figures import FRONT_WIDTH_PX, curves_figure, figure2, figure2_replicates, findings_figures, probes_figure
 from .findings import as_json, boost_table, budget_check, budget_table, evaluate, table
 from .prediction import load_comparison
 from .tables import decomposition, fne_table, html_table, markdown, metrics_json, summarise, variant_table
@@ -68,25 +68,30 @@ def collect_embeddings(params: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+# The body is as wide as the front figure (figures.FRONT_WIDTH_PX): the pooled Figure 2 shows 1:1.
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Transferability report</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}}
+<style>body{{font-family:system-ui,sans-serif;max-width:{width}px;margin:2em auto;padding:0 1em;color:#222}}
 table{{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}}
 td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}
-th{{background:#f3f3f3}}img{{max-width:100%}}code,pre{{background:#f6f6f6}}pre{{padding:0.6em;overflow:auto;font-size:12px}}
+th{{background:#f3f3f3}}img{{max-width:100%}}img.front{{width:100%}}code,pre{{background:#f6f6f6}}pre{{padding:0.6em;overflow:auto;font-size:12px}}
 .warning{{background:#fff3cd;border:1px solid #e0b400;padding:0.6em 1em}}</style>
 </head><body>
 <h1>How transferable are features in this network?</h1>
 <p>{intro}</p>
 <p{health_class}>{health}</p>
 <h2>Figure 2: top-1 on the target half against the number of layers copied</h2>
-<img src="figure2.png" alt="Figure 2: top-1 against n for every variant">
-<p>First panel (with several replicates): every role minus its replicate's base, the mean over the independent
-units (split, seed) with its 95% band, and the study's own numbers (hollow markers: ImageNet, each role's mean
-minus the mean half base). Then per split and target half: points are single networks, lines the mean of each
-variant over seeds, the grey line the base network trained on the target half; bands (95%) where there are at
-least 3 seeds. TnT (BnB): layers from the base of the same half, frozen; + : all layers fine-tuned; SnT (AnB):
-layers from the other half's base; RnT (RnB): random frozen filters.</p>
+<img class="front" src="figure2.png"
+ alt="Figure 2, pooled over replicates: every role's top-1 minus the base's against n">
+<p>Every role minus its replicate's base, the mean over the independent units (split, seed) of the splits its title
+names with their 95% band, and the study's own numbers where the model is AlexNet (hollow markers: ImageNet, each
+role's mean minus the mean half base). TnT (BnB): layers from the base of the same half, frozen; + : all layers
+fine-tuned; SnT (AnB): layers from the other half's base; RnT (RnB): random frozen filters. Ringed: a mean that
+includes networks that did not learn.</p>
+<img src="figure2-replicates.png" alt="Figure 2 per split and target half: a point per network, a line per variant">
+<p>Per split and target half: points are single networks, lines the mean of each variant over seeds, the grey line
+the base network trained on the target half, rings the networks that did not learn; bands (95%) where there are at
+least 3 seeds.</p>
 <h2>The study's findings on this data</h2>
 <p>Each effect is computed per (split, seed, target half); the two target halves of one (split, seed) share both
 bases, so they are averaged into one replicate, and the interval is Student's t at 95% over those independent
@@ -233,15 +238,17 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
         w.writeheader()
         w.writerows(r["evals"])
         write_text(Path(runs.REPORT_CURVES) / f"{r['split']}-seed{r['seed']}-{r['slug']}.csv", buf.getvalue())
-    figure2(rows, summary, params["report"].get("overlay_study", False), out / "figure2.png", random_splits,
-            names, alexnet)
+    figure2(rows, random_splits, out / "figure2.png", names, alexnet)
+    figure2_replicates(rows, summary, params["report"].get("overlay_study", False), out / "figure2-replicates.png",
+                       names, alexnet)
     curves_figure(rows, out / "curves.png")
     boost = boost_table(found)
     warn = ' class="warning"' if check and not check["passes"] else ""
     budget = f"<p{warn}>{html.escape(budget_words(check))}</p>"
     provenance = json.dumps({"versions": versions(), "params": params}, indent=2)
     write_text(out / "index.html", PAGE.format(
-        intro=html.escape(intro(params, len(rows))), margin=margin, health=html.escape(health_words(rows)),
+        width=FRONT_WIDTH_PX, intro=html.escape(intro(params, len(rows))), margin=margin,
+        health=html.escape(health_words(rows)),
         health_class=' class="warning"' if any(r["learned"] is False for r in rows) else "",
         variants=html_table(v_header, v_table),
         findings=html_table(*table(found)), budget=budget + (html_table(*budget_table(check)) if check else ""),

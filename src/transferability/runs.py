@@ -27,8 +27,9 @@ FEATURES_DIR = "data/features/{split}/seed{seed}/{network}/{target}"
 FEATURE_FILES = ("features.npy", "logits.npy", "labels.npy", "is_train.npy", "index.json")
 EMBED = "data/embed/{split}/seed{seed}/{network}/{target}.json"
 REPORT_DIR = "reports"
-REPORT_FILES = ("index.html", "figure2.png", "curves.png", "probes.png", "metrics.json", "runs.csv", "runs.md",
-                "variants.md", "decomposition.md", "fne.md", "findings.md", "dissimilar.png", "random_filters.png")
+REPORT_FILES = ("index.html", "figure2.png", "figure2-replicates.png", "curves.png", "probes.png", "metrics.json",
+                "runs.csv", "runs.md", "variants.md", "decomposition.md", "fne.md", "findings.md", "dissimilar.png",
+                "random_filters.png")
 REPORT_CURVES = "reports/curves"  # one CSV per run, for `dvc plots`
 ESTIMATES_DIR = "data/estimates/{split}/seed{seed}"  # one replicate's estimator scores, and their timing
 ESTIMATE_FILES = ("scores.json", "timing.json")

@@ -42,7 +42,8 @@ ESTIMATE_OUTPUTS = [f"{runs.ESTIMATES_DIR}/{name}" for name in runs.ESTIMATE_FIL
 ESTIMATORS_JSON = f"{runs.REPORT_DIR}/estimators.json"
 # The report's files shown by `snakemake --report`: category and caption (workflow/report/<stem>.rst).
 REPORT_ITEMS = {
-    "figure2.png": "Figures", "dissimilar.png": "Figures", "random_filters.png": "Figures",
+    "figure2.png": "Figures", "figure2-replicates.png": "Figures", "dissimilar.png": "Figures",
+    "random_filters.png": "Figures",
     "probes.png": "Figures", "curves.png": "Figures", "findings.md": "Tables", "variants.md": "Tables",
     "decomposition.md": "Tables", "fne.md": "Tables", "runs.csv": "Tables", "metrics.json": "Metrics",
     "estimators.png": "Figures", "estimators.md": "Tables",
