@@ -28,8 +28,8 @@ STYLE = {"TnT": ("#1f4e9c", "o", "-"), "TnT+": ("#6fa8dc", "o", "--"), "SnT": ("
 BAND_RUNS = 3  # a t interval from two runs (t = 12.7) says little: per-split bands need three seeds
 
 
-# The front figure (the pooled panel alone) is drawn at the page's content width (report.PAGE: max-width
-# 1200px), so a 1280-px window shows it 1:1 and its legend and labels read at their point sizes.
+# The front figure (the pooled panel alone) is drawn as wide as the page's content (report.PAGE's body takes
+# this width), so a 1280-px window shows it 1:1 and its legend and labels read at their point sizes.
 FRONT_WIDTH_PX = 1200
 FRONT_DPI = 100
 TITLE = "How transferable are features? (Yosinski et al. 2014, Figure 2, on this data)"
