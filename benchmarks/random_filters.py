@@ -39,7 +39,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from transferability.atomic import atomic_path  # noqa: E402
 from transferability.data import HalfData, half_data, make_batch  # noqa: E402
-from transferability.models import UnitNet  # noqa: E402
 from transferability.prefix import build_cache, cacheable, split_prefix  # noqa: E402
 from transferability.runs import Network  # noqa: E402
 from transferability.sources import read_source  # noqa: E402
@@ -48,6 +47,7 @@ from transferability.stages import run_seed  # noqa: E402
 from transferability.store import Store, load_store, write_store  # noqa: E402
 from transferability.training import eval_steps, evaluate, lr_at, make_optimizer, step_batches, train  # noqa: E402
 from transferability.transfer import make_network  # noqa: E402
+from transferability.unitnet import UnitNet  # noqa: E402
 
 # Each setting: params overrides (dotted keys); ``train.lr`` is a factor of the params' lr.
 SETTINGS: dict[str, dict[str, Any]] = {

@@ -1,12 +1,9 @@
-"""timm's ResNets and Vision Transformers, cut into the units the study's surgery copies.
+"""timm's families (ResNets, ViTs, ConvNeXts: families/), cut into the units the study's surgery copies.
 
-The networks are timm's own (architecture, initialisation, weights files); this module only regroups
-a built model's modules into ordered units (architecture.unit_names), so ``UnitNet`` runs them one
-after another and transfer copies, freezes and caches them as it does AlexNet's layers:
-
-- ResNet: ``stem`` (conv1, bn1, act1, maxpool), each residual block, ``head`` (global pool, fc).
-- ViT: ``embed`` (patch embedding, class token, position embedding), each block, ``head`` (final
-  norm, class-token pooling, classifier).
+The networks are timm's own (architecture, initialisation, weights files); each family's file
+regroups a built model's modules into ordered units (architecture.Timm), so ``UnitNet`` runs them
+one after another and transfer copies, freezes and caches them as it does AlexNet's layers. This
+module builds them and holds the ViT's embedding and head units (timm's own code, regrouped).
 
 Forward through the units is timm's forward, bit for bit (tests/test_backbones.py). Inputs of another
 side are resized to ``model.input_size`` inside the first unit (bilinear), so the first unit is still
@@ -17,7 +14,6 @@ disk, never downloaded.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +23,10 @@ from timm.models import adapt_input_conv, get_pretrained_cfg
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from .architecture import TIMM_ARCHS, network_input, unit_names
+from .architecture import family, network_input, unit_names
 from .checkpoints import load_weights
 from .errors import UserError
-from .models import UnitNet
-
-RESNET_CHANNELS = (64, 128, 256, 512)  # timm's ResNet defaults; the stem is as wide as the first stage
+from .unitnet import UnitNet
 
 
 class ViTEmbed(nn.Module):
@@ -77,35 +71,20 @@ def _resize(model: dict[str, Any], side: int) -> nn.Module | None:
 
 
 def units(net: nn.Module, model: dict[str, Any], side: int) -> UnitNet:
-    """A built timm model of ``model.arch`` as a UnitNet; its modules are shared, not copied."""
-    family, _ = TIMM_ARCHS[model["arch"]]
+    """A built timm model of ``model.arch`` as a UnitNet, regrouped by its family; modules are shared, not copied."""
+    fam = family(model)
     names = unit_names(model)
-    resize = _resize(model, side)
-    if family == "resnet":
-        stem = OrderedDict(([("resize", resize)] if resize else []) + [
-            ("conv1", net.conv1), ("bn1", net.bn1), ("act1", net.act1), ("maxpool", net.maxpool)])
-        blocks = [b for stage in (net.layer1, net.layer2, net.layer3, net.layer4) for b in stage]
-        drop = [("drop", nn.Dropout(net.drop_rate))] if net.drop_rate else []  # timm's F.dropout before fc
-        head = nn.Sequential(OrderedDict([("global_pool", net.global_pool), *drop, ("fc", net.fc)]))
-        mods = [nn.Sequential(stem), *blocks, head]
-    else:
-        mods = [ViTEmbed(net, resize), *net.blocks, ViTHead(net)]
+    mods = fam.timm.regroup(net, _resize(model, side))
     if len(mods) != len(names):
-        raise ValueError(f"{model['arch']}: {len(mods)} units built, architecture.py names {len(names)}")
-    return UnitNet({name.replace(".", "_"): m for name, m in zip(names, mods, strict=True)}, names)
+        raise ValueError(f"{model['arch']}: {len(mods)} units built, its family names {len(names)}")
+    return UnitNet({name.replace(".", "_"): m for name, m in zip(names, mods, strict=True)}, names, fam.pooling)
 
 
 def timm_kwargs(model: dict[str, Any], in_channels: int, num_classes: int, side: int) -> dict[str, Any]:
-    """What timm is asked to build: the width multiplier for ResNets, the input and patch for ViTs."""
-    family, _ = TIMM_ARCHS[model["arch"]]
+    """What timm is asked to build: the classes, channels and dropout, and what the family adds (a
+    ResNet's width, a ViT's input and patch)."""
     kw: dict[str, Any] = {"num_classes": num_classes, "in_chans": in_channels, "drop_rate": model["dropout"]}
-    if family == "resnet" and model.get("width", 1.0) != 1.0:  # timm's channels and stem, scaled
-        kw["channels"] = tuple(max(1, round(c * model["width"])) for c in RESNET_CHANNELS)
-        kw["stem_width"] = max(1, round(RESNET_CHANNELS[0] * model["width"]))
-    if family == "vit":
-        kw["img_size"] = network_input(model, side)
-        kw["patch_size"] = model.get("patch_size", 16)
-    return kw
+    return {**kw, **family(model).timm.kwargs(model, side)}
 
 
 def build_backbone(model: dict[str, Any], in_channels: int, num_classes: int, side: int) -> UnitNet:

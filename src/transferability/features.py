@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import progress
+from .architecture import ALEXNET_UNITS
 from .checkpoints import load_weights
 from .data import Rows
 from .errors import UserError
@@ -52,22 +53,32 @@ def digits(channels: int, size: int = DIGITS_SIZE) -> Target:
                   np.ones(len(d.target), dtype=bool), [str(i) for i in range(10)])
 
 
-class LayerTaps:
-    """Forward hooks that collect the study's eight layers' outputs, pooled to vectors."""
+def _pool_map(out: torch.Tensor) -> torch.Tensor:
+    """A conv map (N, C, H, W) averaged over space, one value per channel; a vector as it is."""
+    return out.mean(dim=(2, 3)) if out.dim() == 4 else out
 
-    def __init__(self, modules: dict[str, nn.Module]) -> None:
+
+def _pool_tokens(out: torch.Tensor) -> torch.Tensor:
+    """A token sequence (N, tokens, D): the class token, then the mean of the patch tokens; a vector as it is."""
+    return torch.cat([out[:, 0], out[:, 1:].mean(dim=1)], dim=1) if out.dim() == 3 else out
+
+
+# how a unit's output becomes a vector, by the name a family gives (architecture.Family.pooling)
+POOLINGS = {"map": _pool_map, "tokens": _pool_tokens}
+
+
+class LayerTaps:
+    """Forward hooks that collect the units' outputs, pooled to vectors as their family says."""
+
+    def __init__(self, modules: dict[str, nn.Module], pooling: str = "map") -> None:
         self.names = list(modules)
         self.outputs: dict[str, torch.Tensor] = {}
+        self.pool = POOLINGS[pooling]
         self.hooks = [m.register_forward_hook(self._keep(name)) for name, m in modules.items()]
 
     def _keep(self, name: str):
         def hook(module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
-            out = out.float()
-            if out.dim() == 4:  # (N, C, H, W): a map
-                out = out.mean(dim=(2, 3))
-            elif out.dim() == 3:  # (N, tokens, D): the class token, then the mean of the patch tokens
-                out = torch.cat([out[:, 0], out[:, 1:].mean(dim=1)], dim=1)
-            self.outputs[name] = out
+            self.outputs[name] = self.pool(out.float())
         return hook
 
     def remove(self) -> None:
@@ -84,10 +95,8 @@ def unit_taps(net: nn.Module, layers: list[int] | None = None) -> dict[str, nn.M
 
 def torchvision_alexnet_taps(net: nn.Module, layers: list[int]) -> dict[str, nn.Module]:
     """torchvision's AlexNet: the ReLU after each conv and after fc6, fc7 (fc8 is the classifier)."""
-    from .models import LAYER_NAMES
-
     relus = [net.features[i] for i in (1, 4, 7, 9, 11)] + [net.classifier[i] for i in (2, 5)]
-    taps = {LAYER_NAMES[k - 1]: relus[k - 1] for k in layers if k <= 7}
+    taps = {ALEXNET_UNITS[k - 1]: relus[k - 1] for k in layers if k <= 7}
     if 8 in layers:
         taps["fc8"] = net.classifier[6]
     return taps
@@ -117,7 +126,7 @@ def extract(net: nn.Module, taps: dict[str, nn.Module], images: np.ndarray, mean
     model on 28x28 grayscale): channels are repeated and the side resized, after normalisation."""
     net.eval()
     device = next(net.parameters()).device  # a batch goes where the network is; activations come back
-    tap = LayerTaps(taps)
+    tap = LayerTaps(taps, getattr(net, "pooling", "map"))  # a torchvision model's maps: "map"
     c = input_shape[0] if input_shape else images.shape[1]
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)

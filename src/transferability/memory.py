@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .architecture import TIMM_ARCHS, architecture
+from .architecture import family
 from .data import input_size
 from .features import TORCHVISION_SIDE, LayerTaps, torchvision_alexnet_taps
 from .runs import FeatureJob, Network, prepared_path, split_path
@@ -45,10 +45,12 @@ def _shapes(model: dict[str, Any], channels: int, side: int, classes: int, froze
     Computed from the layer specification with the conv and pooling arithmetic rather than by
     building the network: Snakemake asks for every job it plans, and even on the ``meta`` device
     the first build imports torch's compiler (4 s here). tests/test_memory.py checks every number
-    against the built network. A timm backbone is built on ``meta`` instead (_timm_shapes)."""
-    if model["arch"] in TIMM_ARCHS:
-        return _timm_shapes(json.dumps(model, sort_keys=True), channels, side, classes, frozen)
-    convs, fc = architecture(model)
+    against the built network. A family without a layer table (timm's) is built on ``meta`` instead
+    (_built_shapes)."""
+    layers = family(model).layers
+    if layers is None:
+        return _built_shapes(json.dumps(model, sort_keys=True), channels, side, classes, frozen)
+    convs, fc = layers(model)
     n_params = outputs = width = head = 0
     c, s = channels, side
     for k, (out, kernel, stride, pad, groups, pool, lrn) in enumerate(convs, start=1):
@@ -87,19 +89,19 @@ def _torchvision_shapes(arch: str) -> dict[str, int]:
 
 
 @functools.lru_cache(maxsize=64)
-def _timm_shapes(model_json: str, channels: int, side: int, classes: int, frozen: int) -> dict[str, int]:
-    """The same for a timm backbone, built on ``meta`` (no memory, no weights): its leaf modules' outputs,
+def _built_shapes(model_json: str, channels: int, side: int, classes: int, frozen: int) -> dict[str, int]:
+    """The same for any family, built on ``meta`` (no memory, no weights): its leaf modules' outputs,
     every unit's tap and the frozen head's output (prefix.split_prefix)."""
-    from .backbones import build_backbone
     from .features import unit_taps
     from .prefix import split_prefix
 
     with torch.device("meta"):
-        net = build_backbone(json.loads(model_json), channels, classes, side).eval()
+        model = json.loads(model_json)
+        net = family(model).build(model, channels, classes, side, True).eval()
         outputs: list[int] = []
         hooks = [m.register_forward_hook(lambda m, i, out: outputs.append(out[0].numel()))
                  for m in net.modules() if not list(m.children())]
-        tap = LayerTaps(unit_taps(net, list(range(1, net.num_units))))
+        tap = LayerTaps(unit_taps(net, list(range(1, net.num_units))), net.pooling)
         x = torch.empty(1, channels, side, side)
         net(x)
         for h in [*hooks, *tap.hooks]:

@@ -1,10 +1,11 @@
-"""Networks as the study sees them: units applied in order, numbered 1..L, the classifier last.
+"""Networks as the study sees them (unitnet.UnitNet: units applied in order, numbered 1..L, the
+classifier last), built by their family (architecture.py's registry).
 
 Unit k is what transfer copies. The 8-layer AlexNet family is built here: conv_k with its pooling,
 ReLU and LRN for k <= 5; fc_k with its ReLU and dropout for k = 6, 7; fc8 is the classifier.
 ``caffenet`` is the study's network (BVLC reference CaffeNet: pooling before LRN, conv2/4/5 in two
-groups); ``small`` keeps the same eight layers for 28x28 inputs. ResNets and ViTs come from timm,
-cut into units by backbones.py.
+groups); ``small`` keeps the same eight layers for 28x28 inputs (families/alexnet.py). ResNets, ViTs
+and ConvNeXts come from timm, cut into units by their family files and backbones.py.
 """
 
 from __future__ import annotations
@@ -15,53 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architecture import ALEXNET_UNITS, TIMM_ARCHS, architecture
+from .architecture import ALEXNET_UNITS, family
 from .lrn import LocalResponseNorm, TorchLocalResponseNorm
+from .unitnet import UnitNet
 
 LAYER_NAMES = ALEXNET_UNITS
 
 # The study's prototxt: Gaussian std and constant bias per layer.
 CAFFE_INIT = {"conv1": (0.01, 0.0), "conv2": (0.01, 1.0), "conv3": (0.01, 0.0), "conv4": (0.01, 1.0),
               "conv5": (0.01, 1.0), "fc6": (0.005, 1.0), "fc7": (0.005, 1.0), "fc8": (0.01, 0.0)}
-
-
-class UnitNet(nn.Module):
-    """Named units applied in order; ``layer(k)`` is unit k (1-based), ``unit_names`` what people call them.
-
-    Frozen units (``frozen``, set by transfer.freeze_layers) keep their BatchNorm layers in eval mode in
-    training: a frozen unit is the source's unit, running statistics included, and it computes the same
-    function every step (so the frozen-prefix cache is exact for it too). Dropout in a frozen unit
-    still acts, as in Caffe."""
-
-    def __init__(self, units: dict[str, nn.Module], names: tuple[str, ...]) -> None:
-        super().__init__()
-        self.layers = nn.ModuleDict(units)  # keys without dots (module names); names: layer1.0, blocks.3
-        self.unit_names = tuple(names)
-        self.frozen: tuple[int, ...] = ()
-
-    @property
-    def num_units(self) -> int:
-        return len(self.layers)
-
-    def layer(self, k: int) -> nn.Module:
-        return self.layers[self.key(k)]
-
-    def key(self, k: int) -> str:
-        """Unit k's name in the state dict: ``layers.<key>.``"""
-        return list(self.layers)[k - 1]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for m in self.layers.values():
-            x = m(x)
-        return x
-
-    def train(self, mode: bool = True) -> UnitNet:
-        super().train(mode)
-        for k in self.frozen:
-            for m in self.layer(k).modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.eval()
-        return self
 
 
 class AlexNetFamily(UnitNet):
@@ -116,23 +79,26 @@ def init_layer(net: AlexNetFamily, k: int, scheme: str) -> None:
             m.bias.zero_()
 
 
+def build_alexnet(model: dict[str, Any], in_channels: int, num_classes: int, input_size: int,
+                  fast_lrn: bool = True) -> AlexNetFamily:
+    """A fresh network of the AlexNet family, initialised by ``model.init`` (the caller seeds torch)."""
+    convs, fc = family(model).layers(model)
+    net = AlexNetFamily(convs, fc, in_channels, num_classes, input_size, model["dropout"], fast_lrn)
+    for k in range(1, 9):
+        init_layer(net, k, model["init"])
+    return net
+
+
 def build_model(model: dict[str, Any], in_channels: int, num_classes: int, input_size: int,
                 seed: int, fast_lrn: bool = True) -> UnitNet:
-    """Build and initialise a network; the same seed gives the same weights.
+    """Build and initialise a network by its family; the same seed gives the same weights.
 
     ``input_size`` is the images' side (a timm backbone resizes them to ``model.input_size`` itself);
     ``fast_lrn`` swaps torch's LocalResponseNorm for lrn.py's (same numbers, bit for bit)."""
+    build = family(model).build  # an unknown model.arch fails here, before torch's random state is touched
     with torch.random.fork_rng(devices=[]):  # leave the caller's random stream untouched
         torch.manual_seed(seed)
-        if model["arch"] in TIMM_ARCHS:
-            from .backbones import build_backbone
-
-            return build_backbone(model, in_channels, num_classes, input_size)
-        convs, fc = architecture(model)
-        net = AlexNetFamily(convs, fc, in_channels, num_classes, input_size, model["dropout"], fast_lrn)
-        for k in range(1, 9):
-            init_layer(net, k, model["init"])
-    return net
+        return build(model, in_channels, num_classes, input_size, fast_lrn)
 
 
 def forward_flops(net: nn.Module, in_channels: int, input_size: int) -> int:

@@ -15,7 +15,7 @@ import jsonschema
 import yaml
 
 from . import runs
-from .architecture import TIMM_ARCHS, is_alexnet, network_input, smallest_input, transferable, unit_names
+from .architecture import family, network_input, smallest_input, takes, transferable, unit_names
 from .errors import UserError
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
@@ -121,16 +121,13 @@ def check_model(params: dict[str, Any], source: str = "params") -> None:
         if n > top:
             raise UserError(f"{source}: experiment.layers has n = {n}, but model.arch {arch} has {top + 1} units "
                             f"({names[0]}, {names[1]}, ..., {names[-1]}): n runs over 1..{top}")
-    timm_only = [k for k in ("input_size", "patch_size", "pretrained") if model.get(k) is not None]
-    if is_alexnet(model) and timm_only:
-        raise UserError(f"{source}: model.{timm_only[0]} is for the timm backbones "
-                        f"({', '.join(TIMM_ARCHS)}), not model.arch {arch}; remove it")
-    if not is_alexnet(model):
-        if model["init"] != "kaiming":
-            raise UserError(f"{source}: model.init {model['init']} is the AlexNet family's; {arch} takes timm's own "
-                            "initialisation: set model.init: kaiming")
-        if model.get("patch_size") is not None and TIMM_ARCHS[arch][0] != "vit":
-            raise UserError(f"{source}: model.patch_size is for the ViTs, not {arch}; remove it")
+    fam = family(model)
+    for key in ("input_size", "patch_size", "pretrained"):
+        if model.get(key) is not None and key not in fam.keys:
+            raise UserError(f"{source}: model.{key} is for {', '.join(takes(key))}, not model.arch {arch}; remove it")
+    if model["init"] not in fam.inits:
+        raise UserError(f"{source}: model.init {model['init']} is the AlexNet family's; {arch} takes its own "
+                        f"initialisation: set model.init: {fam.inits[0]}")
     variants = exp["variants"] + exp["dissimilar"]["variants"]
     for half in model.get("pretrained") or {}:
         trains = [v for v in variants if v.endswith((half, f"{half}-ft"))]

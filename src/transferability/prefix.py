@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .data import LEAST_BATCH, HalfData, chunks, make_batch, to_device
-from .models import UnitNet
+from .unitnet import UnitNet
 
 MODES = ("full", "no_grad", "cache")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import health, runs
-from .architecture import is_alexnet, unit_names
+from .architecture import published, unit_names
 from .atomic import write_json, write_text
 from .errors import UserError
 from .figures import FRONT_WIDTH_PX, curves_figure, figure2, figure2_replicates, findings_figures, probes_figure
@@ -214,7 +214,7 @@ def build_report(params: dict[str, Any], out_dir: str | Path = runs.REPORT_DIR) 
     random_splits = [sp for sp in used if params["splits"][sp]["method"] == "random"] or used
     dissimilar_splits = params["experiment"]["dissimilar"]["splits"]
     margin = params["report"]["margin"]
-    names, alexnet = unit_names(params["model"]), is_alexnet(params["model"])
+    names, alexnet = unit_names(params["model"]), published(params["model"])
     ns = tuple(sorted(params["experiment"]["layers"]))
     found = evaluate(rows, random_splits, dissimilar_splits, margin, ns, alexnet)
     check = budget_check(rows, random_splits, margin, ns, alexnet)

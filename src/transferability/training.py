@@ -35,9 +35,9 @@ import torch.nn.functional as F
 from . import __version__, checkpoints, health, progress
 from .atomic import write_json
 from .data import HalfData, batches, chunks, make_batch, to_device
-from .models import UnitNet
 from .prefix import PrefixCache, build_cache, cacheable
 from .sgd import SGD
+from .unitnet import UnitNet
 
 BIAS_LR_MULT = 2.0
 

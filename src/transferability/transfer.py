@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from .models import UnitNet, build_model
+from .models import build_model
 from .runs import Network
+from .unitnet import UnitNet
 
 
 def layer_prefix(net: UnitNet, k: int) -> str:

@@ -1,0 +1,102 @@
+"""The registry of architecture families: one place names every model.arch, and everything else asks it.
+
+The params schema's enum and the registry name the same architectures; an unknown one is one line; the
+study's published numbers apply to the AlexNet family only; the registry loads without torch; and the
+package's modules import one another without a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from transferability import architecture
+from transferability.errors import UserError
+from transferability.features import POOLINGS
+from transferability.memory import _shapes
+from transferability.models import build_model
+from transferability.params import schema
+
+PACKAGE = Path(architecture.__file__).parent
+
+
+def test_the_schema_enum_names_exactly_the_registered_architectures():
+    enum = schema()["properties"]["model"]["properties"]["arch"]["enum"]
+    assert len(enum) == len(set(enum))
+    registered = set(architecture.names())
+    assert set(enum) == registered, (f"params.schema.yaml's model.arch enum and the registry disagree: schema only "
+                                     f"{set(enum) - registered}, registry only {registered - set(enum)}")
+
+
+def test_an_unknown_architecture_is_one_line_naming_it_and_the_known_ones():
+    model = {"arch": "lenet5", "init": "kaiming", "dropout": 0.0}
+    for ask in (architecture.unit_names, architecture.smallest_input, architecture.published):
+        with pytest.raises(UserError, match=re.escape("model.arch lenet5 is not a registered architecture; use one "
+                                                      f"of {', '.join(architecture.names())} (")) as exc:
+            ask(model)
+        assert "\n" not in str(exc.value)
+    state = torch.random.get_rng_state()
+    with pytest.raises(UserError, match="model.arch lenet5"):
+        build_model(model, 1, 5, 28, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    with pytest.raises(UserError, match="model.arch lenet5"):
+        _shapes(model, 1, 28, 5, 0)  # never the AlexNet arithmetic by default
+
+
+def test_only_the_alexnet_family_carries_the_studys_numbers_and_its_arithmetic():
+    for arch in architecture.names():
+        fam = architecture.family({"arch": arch})
+        assert fam.published == (arch in ("caffenet", "small")), arch
+        assert (fam.layers is not None) == (arch in ("caffenet", "small")), arch
+        assert (fam.timm is None) == (arch in ("caffenet", "small")), arch
+        assert fam.pooling in POOLINGS, arch
+    with pytest.raises(ValueError, match="model.arch resnet18 is registered twice"):
+        architecture.register(architecture.family({"arch": "resnet18"}))
+
+
+def test_the_registry_loads_without_torch():
+    """params checks (transferability check, Snakemake's start) ask the registry; torch costs seconds."""
+    code = ("import sys; from transferability import architecture as a; "
+            "[(a.unit_names({'arch': n}), a.published({'arch': n})) for n in a.names()]; "
+            "assert a.smallest_input({'arch': 'caffenet'}) == 67; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """The package modules ``module`` imports anywhere in its file (at the top or inside a function)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.rsplit(".", node.level - 1)[0]
+            target = f"{base}.{node.module}" if node.module else base  # from . import x: the module x
+            found |= {f"{target}.{a.name}" for a in node.names} | ({target} if node.module else set())
+    return found
+
+
+def test_no_two_modules_import_each_other():
+    """No cycle among the package's relative imports, even one closed inside a function (models.build_model
+    once imported backbones, which imported models)."""
+    files = {".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in PACKAGE.rglob("*.py")}
+    graph = {m: _imports(p, m) & set(files) - {m} for m, p in files.items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            assert state.get(n) != 1, "import cycle: " + " -> ".join([*path[path.index(n):], n])
+            if n not in state:
+                visit(n, [*path, n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert "transferability.unitnet" in graph["transferability.models"] & graph["transferability.backbones"]
