@@ -167,6 +167,7 @@ def check_inputs(params: dict[str, Any], source: str = "params") -> None:
 
 def check_estimators(params: dict[str, Any], source: str) -> None:
     """The estimators need a fan-out to predict, n to rank, and the dumps they read."""
+    from .estimators import own_base_readers
     from .runs import OTHER_HALF, transfer_targets
 
     methods, layers = params["estimators"]["methods"], params["experiment"]["layers"]
@@ -180,9 +181,11 @@ def check_estimators(params: dict[str, Any], source: str) -> None:
         raise UserError(f"{source}: estimators are ranked against the measured accuracy over n, so experiment.layers "
                         f"needs at least 2 values (got {layers})")
     feats = params.get("features", {})
+    own = own_base_readers(methods)
     for t in targets:
-        why = {f"base{OTHER_HALF[t]}": "the source base", f"base{t}": "linear CKA compares it with the source base"}
-        for net in [f"base{OTHER_HALF[t]}"] + ([f"base{t}"] if "cka" in methods else []):
+        why = {f"base{OTHER_HALF[t]}": "the source base",
+               f"base{t}": f"{', '.join(e.label for e in own)} compares it with the source base"}
+        for net in [f"base{OTHER_HALF[t]}"] + ([f"base{t}"] if own else []):
             if net not in feats.get("networks", []):
                 raise UserError(f"{source}: estimators read {net}'s features on half {t} ({why[net]}): add {net} to "
                                 "features.networks")
