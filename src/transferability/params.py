@@ -17,9 +17,9 @@ import yaml
 from . import runs
 from .architecture import TIMM_ARCHS, is_alexnet, network_input, smallest_input, transferable, unit_names
 from .errors import UserError
+from .sources import source_of
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
-FASHION_MNIST_SIDE = 28
 
 
 def schema() -> dict[str, Any]:
@@ -98,8 +98,8 @@ def check(params: dict[str, Any], source: str = "params") -> None:
     if steps != sorted(steps):
         raise UserError(f"{source}: train.lr_steps must increase, got {steps}")
     ds = params["dataset"]
-    if ds["source"] == "imagefolder" and not ds.get("image_size"):
-        raise UserError(f"{source}: dataset.image_size is required for source 'imagefolder' (e.g. 256)")
+    if source_of(ds).sized and not ds.get("image_size"):
+        raise UserError(f"{source}: dataset.image_size is required for source '{ds['source']}' (e.g. 256)")
     check_inputs(params, source)
     evals = params["evaluate"]["evals"]
     if params["evaluate"]["k_best"] > evals:
@@ -146,7 +146,7 @@ def check_model(params: dict[str, Any], source: str = "params") -> None:
 
 def image_side(dataset: dict[str, Any]) -> int:
     """The side of the stored images: Fashion-MNIST's 28, or the square an image folder is resized to."""
-    return FASHION_MNIST_SIDE if dataset["source"] == "fashion_mnist" else dataset["image_size"]
+    return source_of(dataset).side(dataset)
 
 
 def check_inputs(params: dict[str, Any], source: str = "params") -> None:

@@ -3,6 +3,10 @@
 Fashion-MNIST is small and read into memory. An image folder (ImageNet's ILSVRC-2012 layouts) is
 decoded once, resized as the study did, straight into the images file the store will hold: by a
 pool of processes, in resumable shards (shards.py), each unreadable file reported by its path.
+
+``SOURCES`` is the registry the pipeline reads (prepare, params checks, Snakemake's fingerprint, memory
+requests): one ``Source`` per name the schema's dataset.source allows. A new source is its reader and
+one entry there, plus its name in the schema's enum (test_registry checks that the two agree).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import json
 import os
 import struct
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +33,7 @@ from .errors import UserError
 from .shards import Imap, fill_npy, key_folder, worker_pool
 from .store import ImagesFile
 
+FASHION_MNIST_SIDE = 28
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FASHION_MNIST_FILES = {
@@ -256,7 +263,7 @@ def _stamp(path: str, name: str) -> bytes:
     return f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
 
 
-def fingerprint(dataset: dict[str, Any]) -> str:
+def tree_fingerprint(dataset: dict[str, Any]) -> str:
     """A digest of every file under ``dataset.root`` by path, size and mtime: a change means the store
     is stale. Snakemake re-runs prepare when it changes (a `params:` value); DVC has the root as a dep.
 
@@ -344,12 +351,12 @@ def _decode_part(part: str, files: list[str], labels: np.ndarray, ids: list[str]
     return images, labels[kept]
 
 
-def imagefolder(root: str | Path, size: int, channels: int, work: Path, shard: int = 1024, workers: int = 1,
-                val_labels: str | None = None, on_bad_image: str = "fail") -> Arrays:
-    """An image folder decoded to ``size`` x ``size`` into ``work``, resumable: a killed run restarts
-    where it stopped. Images come back as ``ImagesFile``s for ``write_store`` to take over."""
-    root = Path(root)
-    ids, parts, layout = list_imagefolder(root, val_labels)
+def decode_listing(ids: list[str], parts: dict[str, tuple[list[str], np.ndarray]], size: int, channels: int,
+                   work: Path, shard: int = 1024, workers: int = 1, on_bad_image: str = "fail"
+                   ) -> tuple[dict[str, ImagesFile], dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Listed files (per part: files in store order, their labels into ``ids``) decoded to ``size`` x ``size``
+    into ``work``, resumable: a killed run restarts where it stopped. Images come back as ``ImagesFile``s for
+    ``write_store`` to take over; with them the labels of the images kept, and the classes."""
     images, labels = {}, {}
     for part, (files, part_labels) in parts.items():
         refuse_empty_classes(part, files, part_labels, ids, {})  # a class val/ lacks: before any decoding
@@ -357,14 +364,81 @@ def imagefolder(root: str | Path, size: int, channels: int, work: Path, shard: i
         for part, (files, part_labels) in parts.items():
             images[part], labels[part] = _decode_part(part, files, part_labels, ids, size, channels, work, shard,
                                                       on_bad_image == "skip", imap)
-    classes = [{"index": i, "id": c, "name": c} for i, c in enumerate(ids)]
+    return images, labels, [{"index": i, "id": c, "name": c} for i, c in enumerate(ids)]
+
+
+def imagefolder(root: str | Path, size: int, channels: int, work: Path, shard: int = 1024, workers: int = 1,
+                val_labels: str | None = None, on_bad_image: str = "fail") -> Arrays:
+    """An image folder decoded to ``size`` x ``size`` into ``work`` (``decode_listing``)."""
+    root = Path(root)
+    ids, parts, layout = list_imagefolder(root, val_labels)
+    images, labels, classes = decode_listing(ids, parts, size, channels, work, shard, workers, on_bad_image)
     source = {"source": "imagefolder", "root": str(root), "image_size": size, **layout}
     return images, labels, classes, source
 
 
+# --- the registry -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset source as the pipeline knows it: ``read(dataset, work, workers)`` makes the store's arrays
+    (``work``: a folder for resumable shards; ``workers``: processes); ``fingerprint(dataset)`` changes when
+    its files do (stats only: Snakemake reruns prepare on it); the stored images' ``side`` and ``channels``
+    from params alone (params checks, before the store exists); ``expected``: its classes and images per
+    class, or bounds on them, until it is prepared (memory.py's estimate of a dry run); ``sized``: whether
+    it needs dataset.image_size."""
+
+    name: str
+    read: Callable[[dict[str, Any], Path, int], Arrays]
+    fingerprint: Callable[[dict[str, Any]], str]
+    side: Callable[[dict[str, Any]], int]
+    channels: Callable[[dict[str, Any]], int]
+    expected: Callable[[dict[str, Any]], dict[str, int]]
+    sized: bool = False
+
+
+def decoding(dataset: dict[str, Any]) -> dict[str, Any]:
+    """``decode_listing``'s settings from a source that decodes image files: dataset.image_size, .channels,
+    .shard_images and .on_bad_image."""
+    return {"size": dataset["image_size"], "channels": dataset.get("channels", 3),
+            "shard": dataset.get("shard_images", 1024), "on_bad_image": dataset.get("on_bad_image", "fail")}
+
+
+def _read_imagefolder(dataset: dict[str, Any], work: Path, workers: int) -> Arrays:
+    return imagefolder(dataset["root"], work=work, workers=workers, val_labels=dataset.get("val_labels"),
+                       **decoding(dataset))
+
+
+def _sized(dataset: dict[str, Any]) -> int:
+    return dataset["image_size"]
+
+
+def _channels(dataset: dict[str, Any]) -> int:
+    return dataset.get("channels", 3)
+
+
+SOURCES: dict[str, Source] = {s.name: s for s in [
+    Source("fashion_mnist", lambda ds, work, workers: fashion_mnist(ds["root"]), tree_fingerprint,
+           lambda ds: FASHION_MNIST_SIDE, lambda ds: 1, lambda ds: {"classes": 10, "train": 6000, "test": 1000}),
+    # ILSVRC-2012's counts bound an image folder's until it is prepared
+    Source("imagefolder", _read_imagefolder, tree_fingerprint, _sized, _channels,
+           lambda ds: {"classes": 1000, "train": 1300, "test": 50}, sized=True),
+]}
+
+
+def source_of(dataset: dict[str, Any]) -> Source:
+    """dataset.source's entry, or one line naming it and the known sources (never a fallback: an unknown
+    source read as another would make a wrong store without a word)."""
+    if (found := SOURCES.get(dataset["source"])) is None:
+        raise UserError(f"dataset.source '{dataset['source']}' is unknown; known sources: {', '.join(SOURCES)}")
+    return found
+
+
 def read_source(dataset: dict[str, Any], work: Path, workers: int = 1) -> Arrays:
-    if dataset["source"] == "fashion_mnist":
-        return fashion_mnist(dataset["root"])
-    return imagefolder(dataset["root"], dataset["image_size"], dataset.get("channels", 3), work,
-                       dataset.get("shard_images", 1024), workers, dataset.get("val_labels"),
-                       dataset.get("on_bad_image", "fail"))
+    """The store's arrays from dataset.source (``Source.read``)."""
+    return source_of(dataset).read(dataset, work, workers)
+
+
+def fingerprint(dataset: dict[str, Any]) -> str:
+    """dataset.source's fingerprint of its files (``Source.fingerprint``): what Snakemake reruns prepare on."""
+    return source_of(dataset).fingerprint(dataset)
