@@ -145,7 +145,8 @@ def check_model(params: dict[str, Any], source: str = "params") -> None:
 
 
 def image_side(dataset: dict[str, Any]) -> int:
-    """The side of the stored images: Fashion-MNIST's 28, or the square an image folder is resized to."""
+    """The side of the stored images, from params alone: the source's (sources.SOURCES) fixed side, as
+    Fashion-MNIST's 28, or dataset.image_size, the square a source of image files is resized to."""
     return source_of(dataset).side(dataset)
 
 
