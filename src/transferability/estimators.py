@@ -16,6 +16,11 @@ returns one number, higher meaning "transfers better":
 - ``linear_cka``: linear centred kernel alignment (Kornblith et al., ICML 2019) between two
   representations of the same images; here a source base's layer against the target's own base's.
 
+``ESTIMATORS`` is the registry the pipeline reads (params checks, the dumps a replicate needs, the
+`estimate` stage, the tables' labels): one ``Estimator`` per name in ``estimators.methods``, saying
+what it reads and how its arguments are built from a feature dump. A new estimator is a function here
+and one entry there, plus its name in the schema's enum (test_estimators checks that the two agree).
+
 No well-kept library implements LogME, LEEP, NCE, N-LEEP or H-score (each paper ships a script), so
 they are written here from the papers' formulas on numpy, scipy and scikit-learn (softmax, Ledoit-Wolf,
 PCA, Gaussian mixtures, Cholesky), in float64.
@@ -25,11 +30,11 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy import linalg
-from scipy.special import softmax
 
 LOGME_TOL = 1e-12      # relative change of alpha / beta at which the fixed point has converged
 LOGME_MAX_ITER = 10_000
@@ -46,6 +51,8 @@ def _spectrum(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np
     """The squared singular values s2 (k,) of F above round-off, the targets' coordinates (k, C) along
     F's left singular vectors, and F's width d. From the Gram matrix of the smaller side, so F's n x d
     left factor is never formed (ImageNet: 600k images)."""
+    from scipy import linalg  # here, not at import: params checks read the registry without scipy
+
     f = np.asarray(features, dtype=np.float64)
     n, d = f.shape
     if n >= d:
@@ -156,6 +163,8 @@ def leep_from_probabilities(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def leep(logits: np.ndarray, labels: np.ndarray) -> float:
     """LEEP from the source classifier's logits (its softmax is the distribution over source classes)."""
+    from scipy.special import softmax
+
     return leep_from_probabilities(softmax(np.asarray(logits, dtype=np.float64), axis=1), labels)
 
 
@@ -197,6 +206,7 @@ def hscore(features: np.ndarray, labels: np.ndarray) -> float:
     wide, weakly informative layer (much shrinkage) outscores a narrow informative one. Both covariances
     divide by n (the reference script's np.cov divides the between-class one by n - 1, up to n / (n - 1)
     above this score and the bound)."""
+    from scipy import linalg
     from sklearn.covariance import ledoit_wolf
 
     f = np.asarray(features, dtype=np.float64)
@@ -230,3 +240,75 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
         cross = np.linalg.norm(y.T @ x) ** 2
         nx, ny = np.linalg.norm(x.T @ x), np.linalg.norm(y.T @ y)
     return float(cross / (nx * ny)) if nx > 0 and ny > 0 else 0.0
+
+
+def probe(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+          thresholds: tuple[float, float], c: float, solver: str = "newton") -> float:
+    """The FNE probe's top-1 on the test images (embedding.fne_accuracy; imported here, when it is scored)."""
+    from .embedding import fne_accuracy
+
+    return fne_accuracy(xtr, ytr, xte, yte, thresholds, c, solver)
+
+
+LAYER, NETWORK = "layer", "network"  # what an estimator reads: layer n's features, or the source's logits
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a replicate's estimators read besides the dump they score: the target's training rows and their
+    labels, its test rows and labels (the probe), the seed, the probe's (thresholds, C, solver) and the
+    target's own base's dump (None where no estimator reads it)."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    test: np.ndarray
+    test_labels: np.ndarray
+    seed: int
+    probe: tuple[Any, ...]
+    own: Any = None
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One estimator as the pipeline knows it: its name in estimators.methods, its label and one line on what
+    it measures (the tables), what it reads (``LAYER``: layer n, once per n; ``NETWORK``: the source's
+    logits, one score per network, which cannot rank n), whether it reads the target's own base as well
+    (its dump is then needed), and ``score(*args(inputs, dump, n))`` (n is None for ``NETWORK``)."""
+
+    name: str
+    label: str
+    what: str
+    reads: str
+    score: Callable[..., float]
+    args: Callable[[Inputs, Any, int | None], tuple[Any, ...]]
+    own_base: bool = False
+
+
+def _layer(i: Inputs, dump: Any, n: int | None) -> tuple[Any, ...]:
+    return dump.layer(n, i.rows), i.labels
+
+
+def _logits(i: Inputs, dump: Any, n: int | None) -> tuple[Any, ...]:
+    return np.asarray(dump.logits[i.rows]), i.labels
+
+
+ESTIMATORS: dict[str, Estimator] = {e.name: e for e in [
+    Estimator("logme", "LogME", "max. evidence of a linear model, per image", LAYER, logme, _layer),
+    Estimator("leep", "LEEP", "source classifier: log-likelihood of the expected empirical predictor", NETWORK,
+              leep, _logits),
+    Estimator("nce", "NCE", "source classifier: -H(target label given the source's top class)", NETWORK,
+              nce, _logits),
+    Estimator("nleep", "N-LEEP", "LEEP with a Gaussian mixture on layer n", LAYER, nleep,
+              lambda i, d, n: (*_layer(i, d, n), i.seed)),
+    Estimator("hscore", "H-score", "tr(cov(f)^-1 cov(E[f given y])), shrunk", LAYER, hscore, _layer),
+    Estimator("cka", "linear CKA", "layer n of the source base against the target's own base", LAYER, linear_cka,
+              lambda i, d, n: (d.layer(n, i.rows), i.own.layer(n, i.rows)), own_base=True),
+    Estimator("probe", "FNE probe", "top-1 of the FNE recipe on layer n (test images)", LAYER, probe,
+              lambda i, d, n: (d.layer(n, i.rows), i.labels, d.layer(n, i.test), i.test_labels, *i.probe)),
+]}
+WHOLE_NETWORK = tuple(name for name, e in ESTIMATORS.items() if e.reads == NETWORK)
+
+
+def own_base_readers(methods: list[str]) -> list[Estimator]:
+    """The estimators among ``methods`` that read the target's own base (its dump is then needed)."""
+    return [ESTIMATORS[m] for m in methods if ESTIMATORS[m].own_base]

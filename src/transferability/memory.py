@@ -30,12 +30,11 @@ from .architecture import family
 from .data import input_size
 from .features import TORCHVISION_SIDE, LayerTaps, torchvision_alexnet_taps
 from .runs import FeatureJob, Network, prepared_path, split_path
+from .sources import source_of
 
 RUNTIME = 850 * 2**20     # measured 813 MiB: a job that has imported its modules (torch 2.14, CPU)
 CUDA_RUNTIME = 3 * 2**30  # host side of the CUDA context, cuBLAS and cuDNN: to be measured on a GPU
 MARGIN = 1.25             # allocator slack and fragmentation over the computed peak
-FASHION_MNIST = {"classes": 10, "train": 6000, "test": 1000}  # images per class
-ILSVRC_PER_CLASS = {"train": 1300, "test": 50}  # bounds an image folder's counts until it is prepared
 
 
 def _shapes(model: dict[str, Any], channels: int, side: int, classes: int, frozen: int) -> dict[str, int]:
@@ -122,13 +121,11 @@ def _half(params: dict[str, Any], split: str, half: str) -> dict[str, Any]:
         c, side = manifest["parts"]["train"]["shape"][:2]
         return {"channels": c, "side": side, "classes": len(classes),
                 **{part: [manifest["parts"][part]["per_class"][k] for k in classes] for part in ("train", "test")}}
-    if ds["source"] == "fashion_mnist":
-        k = FASHION_MNIST["classes"] // 2
-        return {"channels": 1, "side": 28, "classes": k, "train": [FASHION_MNIST["train"]] * k,
-                "test": [FASHION_MNIST["test"]] * k}
-    k = 500
-    return {"channels": ds.get("channels", 3), "side": ds["image_size"], "classes": k,
-            **{part: [n] * k for part, n in ILSVRC_PER_CLASS.items()}}
+    src = source_of(ds)
+    expected = src.expected(ds)
+    k = expected["classes"] // 2
+    return {"channels": src.channels(ds), "side": src.side(ds), "classes": k,
+            **{part: [expected[part]] * k for part in ("train", "test")}}
 
 
 def _count(per_class: list[int], limit: int | None) -> int:

@@ -17,9 +17,9 @@ import yaml
 from . import runs
 from .architecture import family, network_input, smallest_input, takes, transferable, unit_names
 from .errors import UserError
+from .sources import source_of
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
-FASHION_MNIST_SIDE = 28
 
 
 def schema() -> dict[str, Any]:
@@ -98,8 +98,8 @@ def check(params: dict[str, Any], source: str = "params") -> None:
     if steps != sorted(steps):
         raise UserError(f"{source}: train.lr_steps must increase, got {steps}")
     ds = params["dataset"]
-    if ds["source"] == "imagefolder" and not ds.get("image_size"):
-        raise UserError(f"{source}: dataset.image_size is required for source 'imagefolder' (e.g. 256)")
+    if source_of(ds).sized and not ds.get("image_size"):
+        raise UserError(f"{source}: dataset.image_size is required for source '{ds['source']}' (e.g. 256)")
     check_inputs(params, source)
     evals = params["evaluate"]["evals"]
     if params["evaluate"]["k_best"] > evals:
@@ -142,8 +142,9 @@ def check_model(params: dict[str, Any], source: str = "params") -> None:
 
 
 def image_side(dataset: dict[str, Any]) -> int:
-    """The side of the stored images: Fashion-MNIST's 28, or the square an image folder is resized to."""
-    return FASHION_MNIST_SIDE if dataset["source"] == "fashion_mnist" else dataset["image_size"]
+    """The side of the stored images, from params alone: the source's (sources.SOURCES) fixed side, as
+    Fashion-MNIST's 28, or dataset.image_size, the square a source of image files is resized to."""
+    return source_of(dataset).side(dataset)
 
 
 def check_inputs(params: dict[str, Any], source: str = "params") -> None:
@@ -164,6 +165,7 @@ def check_inputs(params: dict[str, Any], source: str = "params") -> None:
 
 def check_estimators(params: dict[str, Any], source: str) -> None:
     """The estimators need a fan-out to predict, n to rank, and the dumps they read."""
+    from .estimators import own_base_readers
     from .runs import OTHER_HALF, transfer_targets
 
     methods, layers = params["estimators"]["methods"], params["experiment"]["layers"]
@@ -177,9 +179,11 @@ def check_estimators(params: dict[str, Any], source: str) -> None:
         raise UserError(f"{source}: estimators are ranked against the measured accuracy over n, so experiment.layers "
                         f"needs at least 2 values (got {layers})")
     feats = params.get("features", {})
+    own = own_base_readers(methods)
     for t in targets:
-        why = {f"base{OTHER_HALF[t]}": "the source base", f"base{t}": "linear CKA compares it with the source base"}
-        for net in [f"base{OTHER_HALF[t]}"] + ([f"base{t}"] if "cka" in methods else []):
+        why = {f"base{OTHER_HALF[t]}": "the source base",
+               f"base{t}": f"{', '.join(e.label for e in own)} compares it with the source base"}
+        for net in [f"base{OTHER_HALF[t]}"] + ([f"base{t}"] if own else []):
             if net not in feats.get("networks", []):
                 raise UserError(f"{source}: estimators read {net}'s features on half {t} ({why[net]}): add {net} to "
                                 "features.networks")

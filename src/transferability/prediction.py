@@ -35,20 +35,15 @@ from threadpoolctl import threadpool_limits
 
 from . import estimators, runs
 from .atomic import write_json
-from .embedding import columns, fne_accuracy
+from .embedding import columns
 from .errors import UserError
 from .runs import OTHER_HALF, FeatureJob, Network
 from .stats import Estimate, t_interval, verdict
 from .training import versions
 
-WHOLE_NETWORK = ("leep", "nce")
-NAMES = {"logme": "LogME", "leep": "LEEP", "nce": "NCE", "nleep": "N-LEEP", "hscore": "H-score",
-         "cka": "linear CKA", "probe": "FNE probe"}
-WHAT = {"logme": "max. evidence of a linear model, per image", "leep": "source classifier: log-likelihood of "
-        "the expected empirical predictor", "nce": "source classifier: -H(target label given the source's top class)",
-        "nleep": "LEEP with a Gaussian mixture on layer n", "hscore": "tr(cov(f)^-1 cov(E[f given y])), shrunk",
-        "cka": "layer n of the source base against the target's own base", "probe": "top-1 of the FNE recipe on "
-        "layer n (test images)"}
+WHOLE_NETWORK = estimators.WHOLE_NETWORK  # one score per network: reported as scores, never ranked over n
+NAMES = {name: e.label for name, e in estimators.ESTIMATORS.items()}
+WHAT = {name: e.what for name, e in estimators.ESTIMATORS.items()}
 CURVES = {"AnB": "", "AnB-ft": "-ft"}  # measured curve -> variant suffix; both directions pooled (BnA is AnB)
 CURVE_NAMES = {"AnB": "AnB (frozen)", "AnB-ft": "AnB+ (fine-tuned)"}
 DEPTH = "depth"  # the trivial predictor: score = -n, the deeper the copied layer the worse
@@ -104,32 +99,25 @@ def score_direction(params: dict[str, Any], split: str, seed: int, target: str) 
     Inputs are read from the dumps before the clock starts: a cost is the estimator's arithmetic only."""
     methods, layers = params["estimators"]["methods"], params["experiment"]["layers"]
     source = Dump(FeatureJob(split, seed, f"base{OTHER_HALF[target]}", target))
-    own = Dump(FeatureJob(split, seed, f"base{target}", target)) if "cka" in methods else None
+    own = Dump(FeatureJob(split, seed, f"base{target}", target)) if estimators.own_base_readers(methods) else None
     rows = training_rows(source, params["estimators"].get("max_images"), seed)
     test = np.flatnonzero(~source.is_train)
     y, y_test = source.labels[rows], source.labels[test]
     embed = params.get("embed", {})
     probe = (tuple(embed.get("thresholds", ())), embed.get("C"), embed.get("solver", "newton"))
-    per_layer: dict[str, tuple[Callable[..., float], Callable[[Dump, int], tuple]]] = {
-        "logme": (estimators.logme, lambda d, n: (d.layer(n, rows), y)),
-        "nleep": (estimators.nleep, lambda d, n: (d.layer(n, rows), y, seed)),
-        "hscore": (estimators.hscore, lambda d, n: (d.layer(n, rows), y)),
-        "cka": (estimators.linear_cka, lambda d, n: (d.layer(n, rows), own.layer(n, rows))),
-        "probe": (fne_accuracy, lambda d, n: (d.layer(n, rows), y, d.layer(n, test), y_test, *probe))}
+    inputs = estimators.Inputs(rows, y, test, y_test, seed, probe, own)
+    registry = estimators.ESTIMATORS
     scores: dict[str, Any] = {}
     cost: dict[str, dict[str, float]] = {}
     for method in methods:
-        if method in WHOLE_NETWORK:
-            value, cpu, wall = timed(getattr(estimators, method), np.asarray(source.logits[rows]), y)
-            scores[method], cost[method] = value, {"cpu_s": cpu, "wall_s": wall}
-            continue
-        fn, args = per_layer[method]
+        est = registry[method]
         values, cpu, wall = [], 0.0, 0.0
-        for n in layers:
-            value, c, w = timed(fn, *args(source, n))
+        for n in layers if est.reads == estimators.LAYER else [None]:
+            value, c, w = timed(est.score, *est.args(inputs, source, n))
             values.append(value)
             cpu, wall = cpu + c, wall + w
-        scores[method], cost[method] = values, {"cpu_s": cpu, "wall_s": wall}
+        scores[method] = values if est.reads == estimators.LAYER else values[0]
+        cost[method] = {"cpu_s": cpu, "wall_s": wall}
     others = {}
     for variant, nets in runs.other_sources(params, target).items():
         dumps = {net: Dump(FeatureJob(split, seed, net, target)) for net in dict.fromkeys(nets)}
@@ -138,8 +126,9 @@ def score_direction(params: dict[str, Any], split: str, seed: int, target: str) 
                 raise UserError(f"the feature dumps of {nets[0]} and base{OTHER_HALF[target]} on {target} ({split}, "
                                 f"seed {seed}) list other images: run `transferability features` for both again")
         others[variant] = {"networks": nets, "scores": {
-            m: [float(per_layer[m][0](*per_layer[m][1](dumps[net], n))) for n, net in zip(layers, nets, strict=True)]
-            for m in methods if m not in WHOLE_NETWORK}}
+            m: [float(registry[m].score(*registry[m].args(inputs, dumps[net], n)))
+                for n, net in zip(layers, nets, strict=True)]
+            for m in methods if registry[m].reads == estimators.LAYER}}
     out = {"source_network": f"base{OTHER_HALF[target]}", "images": len(rows), "classes": int(y.max()) + 1,
            "test_images": len(test), "scores": scores, **({"sources": others} if others else {})}
     return out, {m: {k: round(v, 6) for k, v in c.items()} for m, c in cost.items()}

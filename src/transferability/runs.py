@@ -210,6 +210,13 @@ def transfer_targets(params: dict[str, Any]) -> list[str]:
     return [t for t in ("A", "B") if {f"{OTHER_HALF[t]}n{t}", f"{OTHER_HALF[t]}n{t}-ft"} & set(variants)]
 
 
+def reads_own_base(params: dict[str, Any]) -> bool:
+    """Whether an estimator in estimators.methods reads the target's own base too (linear CKA does)."""
+    from .estimators import own_base_readers  # numpy only, and only where estimators are asked for
+
+    return bool(own_base_readers(params["estimators"]["methods"]))
+
+
 def other_sources(params: dict[str, Any], target: str) -> dict[str, list[str]]:
     """The other networks a target half transfers from, whose dumps the params provide, by the variant they
     feed: its own base (BnB; dumped where features.networks lists it, and always read for linear CKA) and
@@ -218,7 +225,7 @@ def other_sources(params: dict[str, Any], target: str) -> dict[str, list[str]]:
     nets = params.get("features", {}).get("networks", [])
     variants, layers = params["experiment"]["variants"], params["experiment"]["layers"]
     out = {}
-    if f"{target}n{target}" in variants and (f"base{target}" in nets or "cka" in params["estimators"]["methods"]):
+    if f"{target}n{target}" in variants and (f"base{target}" in nets or reads_own_base(params)):
         out[f"{target}n{target}"] = [f"base{target}"] * len(layers)
     randoms = [f"R{n}{target}" for n in layers]
     if f"Rn{target}" in variants and all(r in nets for r in randoms):
@@ -228,11 +235,12 @@ def other_sources(params: dict[str, Any], target: str) -> dict[str, list[str]]:
 
 def estimator_dumps(params: dict[str, Any], split: str, seed: int) -> list[FeatureJob]:
     """The feature dumps one replicate's estimators read: the source base on each target half, and there the
-    target's own base (linear CKA compares the two) and the random networks (``other_sources``)."""
-    cka = "cka" in params["estimators"]["methods"]
+    target's own base (where an estimator reads it: linear CKA compares the two) and the random networks
+    (``other_sources``)."""
+    own = reads_own_base(params)
     out = []
     for t in transfer_targets(params):
-        nets = [f"base{OTHER_HALF[t]}"] + ([f"base{t}"] if cka else [])
+        nets = [f"base{OTHER_HALF[t]}"] + ([f"base{t}"] if own else [])
         nets += [net for names in other_sources(params, t).values() for net in names if net not in nets]
         out += [FeatureJob(split, seed, net, t) for net in dict.fromkeys(nets)]
     return out

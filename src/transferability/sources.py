@@ -2,11 +2,17 @@
 
 Fashion-MNIST is small and read into memory. An image folder (ImageNet's ILSVRC-2012 layouts) is
 decoded once, resized as the study did, straight into the images file the store will hold: by a
-pool of processes, in resumable shards (shards.py), each unreadable file reported by its path.
+pool of processes, in resumable shards (shards.py), each unreadable file reported by its path. A
+csv source lists its images and labels in <root>/train.csv and <root>/val.csv, decoded the same way.
+
+``SOURCES`` is the registry the pipeline reads (prepare, params checks, Snakemake's fingerprint, memory
+requests): one ``Source`` per name the schema's dataset.source allows. A new source is its reader and
+one entry there, plus its name in the schema's enum (test_registry checks that the two agree).
 """
 
 from __future__ import annotations
 
+import csv
 import functools
 import gzip
 import hashlib
@@ -14,6 +20,9 @@ import json
 import os
 import struct
 import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +36,7 @@ from .errors import UserError
 from .shards import Imap, fill_npy, key_folder, worker_pool
 from .store import ImagesFile
 
+FASHION_MNIST_SIDE = 28
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FASHION_MNIST_FILES = {
@@ -256,7 +266,7 @@ def _stamp(path: str, name: str) -> bytes:
     return f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
 
 
-def fingerprint(dataset: dict[str, Any]) -> str:
+def tree_fingerprint(dataset: dict[str, Any]) -> str:
     """A digest of every file under ``dataset.root`` by path, size and mtime: a change means the store
     is stale. Snakemake re-runs prepare when it changes (a `params:` value); DVC has the root as a dep.
 
@@ -344,12 +354,12 @@ def _decode_part(part: str, files: list[str], labels: np.ndarray, ids: list[str]
     return images, labels[kept]
 
 
-def imagefolder(root: str | Path, size: int, channels: int, work: Path, shard: int = 1024, workers: int = 1,
-                val_labels: str | None = None, on_bad_image: str = "fail") -> Arrays:
-    """An image folder decoded to ``size`` x ``size`` into ``work``, resumable: a killed run restarts
-    where it stopped. Images come back as ``ImagesFile``s for ``write_store`` to take over."""
-    root = Path(root)
-    ids, parts, layout = list_imagefolder(root, val_labels)
+def decode_listing(ids: list[str], parts: dict[str, tuple[list[str], np.ndarray]], size: int, channels: int,
+                   work: Path, shard: int = 1024, workers: int = 1, on_bad_image: str = "fail"
+                   ) -> tuple[dict[str, ImagesFile], dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Listed files (per part: files in store order, their labels into ``ids``) decoded to ``size`` x ``size``
+    into ``work``, resumable: a killed run restarts where it stopped. Images come back as ``ImagesFile``s for
+    ``write_store`` to take over; with them the labels of the images kept, and the classes."""
     images, labels = {}, {}
     for part, (files, part_labels) in parts.items():
         refuse_empty_classes(part, files, part_labels, ids, {})  # a class val/ lacks: before any decoding
@@ -357,14 +367,169 @@ def imagefolder(root: str | Path, size: int, channels: int, work: Path, shard: i
         for part, (files, part_labels) in parts.items():
             images[part], labels[part] = _decode_part(part, files, part_labels, ids, size, channels, work, shard,
                                                       on_bad_image == "skip", imap)
-    classes = [{"index": i, "id": c, "name": c} for i, c in enumerate(ids)]
+    return images, labels, [{"index": i, "id": c, "name": c} for i, c in enumerate(ids)]
+
+
+def imagefolder(root: str | Path, size: int, channels: int, work: Path, shard: int = 1024, workers: int = 1,
+                val_labels: str | None = None, on_bad_image: str = "fail") -> Arrays:
+    """An image folder decoded to ``size`` x ``size`` into ``work`` (``decode_listing``)."""
+    root = Path(root)
+    ids, parts, layout = list_imagefolder(root, val_labels)
+    images, labels, classes = decode_listing(ids, parts, size, channels, work, shard, workers, on_bad_image)
     source = {"source": "imagefolder", "root": str(root), "image_size": size, **layout}
     return images, labels, classes, source
 
 
+# --- a CSV of image paths and labels ----------------------------------------------------------
+
+CSV_FILES = {"train": "train.csv", "test": "val.csv"}  # store part -> the CSV in dataset.root that lists it
+CSV_COLUMNS = ("path", "label")
+
+
+def _csv_rows(path: Path) -> list[tuple[int, str, str]]:
+    """(line, path, label) of each row of ``path``, a CSV whose header names the columns path and label."""
+    if not path.is_file():
+        raise UserError(f"{path} not found: a csv source's dataset.root holds {' and '.join(CSV_FILES.values())}, "
+                        f"each with a header line '{','.join(CSV_COLUMNS)}' and one image per line")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not set(CSV_COLUMNS) <= set(reader.fieldnames or []):
+            raise UserError(f"{path}: the header line must name the columns {' and '.join(CSV_COLUMNS)}, "
+                            f"got {reader.fieldnames}")
+        rows = []
+        for row in reader:
+            file, label = (row[c] or "" for c in CSV_COLUMNS)
+            if not file.strip() or not label.strip():
+                raise UserError(f"{path}, line {reader.line_num}: empty path or label; give both, or remove the line")
+            rows.append((reader.line_num, file.strip(), label.strip()))
+    if not rows:
+        raise UserError(f"{path} lists no images")
+    return rows
+
+
+def list_csv(root: Path) -> tuple[list[str], dict[str, tuple[list[str], np.ndarray]]]:
+    """Class ids (train.csv's labels, sorted) and, per part, the files in store order (by class, then path,
+    whatever the CSV's row order) with their labels; paths relative to ``root`` (the CSVs' folder)."""
+    rows = {part: _csv_rows(root / name) for part, name in CSV_FILES.items()}
+    ids = sorted({label for _, _, label in rows["train"]})
+    index = {c: i for i, c in enumerate(ids)}
+    parts = {}
+    for part, part_rows in rows.items():
+        listed = []
+        for line, file, label in part_rows:
+            where = f"{root / CSV_FILES[part]}, line {line}"
+            if label not in index:
+                raise UserError(f"{where}: label {label!r} is not a class of {CSV_FILES['train']} "
+                                f"(its classes: {', '.join(ids)}); fix the label or add images of it to train")
+            if not (root / file).is_file():
+                raise UserError(f"{where}: {root / file} not found (paths are relative to {root})")
+            listed.append((index[label], str(root / file)))
+        listed.sort()
+        parts[part] = ([f for _, f in listed], np.array([c for c, _ in listed], dtype=np.int64))
+    for c in sorted(set(range(len(ids))) - set(parts["test"][1].tolist())):
+        raise UserError(f"class {ids[c]} has images in {CSV_FILES['train']} but none in {CSV_FILES['test']}: "
+                        "list some of its images there, or remove the class")
+    return ids, parts
+
+
+def read_csv(dataset: dict[str, Any], work: Path, workers: int) -> Arrays:
+    """The images the CSVs list, decoded as an image folder's are (``decode_listing``)."""
+    if dataset.get("val_labels"):
+        raise UserError(f"dataset.val_labels is for source imagefolder: a csv source's {CSV_FILES['test']} labels "
+                        "its test images; remove dataset.val_labels")
+    root = Path(dataset["root"])
+    ids, parts = list_csv(root)
+    settings = decoding(dataset)
+    images, labels, classes = decode_listing(ids, parts, work=work, workers=workers, **settings)
+    return images, labels, classes, {"source": "csv", "root": str(root), "image_size": settings["size"]}
+
+
+def csv_fingerprint(dataset: dict[str, Any]) -> str:
+    """The CSVs and every file they list, by path, size and mtime (``tree_fingerprint``'s stamps): a listed
+    image outside dataset.root counts, a file under it that no CSV lists does not."""
+    root = Path(dataset["root"])
+    h = hashlib.sha256()
+    for name in CSV_FILES.values():
+        h.update(_stamp(str(root / name), name))
+        try:
+            rows = _csv_rows(root / name)
+        except UserError:  # prepare names what is wrong; a DAG still plans
+            continue
+        for _, file, _ in rows:
+            h.update(_stamp(str(root / file), file))
+    return h.hexdigest()[:16]
+
+
+def csv_counts(dataset: dict[str, Any]) -> dict[str, int]:
+    """train.csv's classes, and the most images of one class in each part: bounds for memory requests."""
+    root = Path(dataset["root"])
+    per_part = {part: Counter(label for _, _, label in _csv_rows(root / name)) for part, name in CSV_FILES.items()}
+    return {"classes": len(per_part["train"]), **{part: max(c.values()) for part, c in per_part.items()}}
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset source as the pipeline knows it: ``read(dataset, work, workers)`` makes the store's arrays
+    (``work``: a folder for resumable shards; ``workers``: processes); ``fingerprint(dataset)`` changes when
+    its files do (stats only: Snakemake reruns prepare on it); the stored images' ``side`` and ``channels``
+    from params alone (params checks, before the store exists); ``expected``: its classes and images per
+    class, or bounds on them, until it is prepared (memory.py's estimate of a dry run); ``sized``: whether
+    it needs dataset.image_size."""
+
+    name: str
+    read: Callable[[dict[str, Any], Path, int], Arrays]
+    fingerprint: Callable[[dict[str, Any]], str]
+    side: Callable[[dict[str, Any]], int]
+    channels: Callable[[dict[str, Any]], int]
+    expected: Callable[[dict[str, Any]], dict[str, int]]
+    sized: bool = False
+
+
+def decoding(dataset: dict[str, Any]) -> dict[str, Any]:
+    """``decode_listing``'s settings from a source that decodes image files: dataset.image_size, .channels,
+    .shard_images and .on_bad_image."""
+    return {"size": dataset["image_size"], "channels": dataset.get("channels", 3),
+            "shard": dataset.get("shard_images", 1024), "on_bad_image": dataset.get("on_bad_image", "fail")}
+
+
+def _read_imagefolder(dataset: dict[str, Any], work: Path, workers: int) -> Arrays:
+    return imagefolder(dataset["root"], work=work, workers=workers, val_labels=dataset.get("val_labels"),
+                       **decoding(dataset))
+
+
+def _sized(dataset: dict[str, Any]) -> int:
+    return dataset["image_size"]
+
+
+def _channels(dataset: dict[str, Any]) -> int:
+    return dataset.get("channels", 3)
+
+
+SOURCES: dict[str, Source] = {s.name: s for s in [
+    Source("fashion_mnist", lambda ds, work, workers: fashion_mnist(ds["root"]), tree_fingerprint,
+           lambda ds: FASHION_MNIST_SIDE, lambda ds: 1, lambda ds: {"classes": 10, "train": 6000, "test": 1000}),
+    # ILSVRC-2012's counts bound an image folder's until it is prepared
+    Source("imagefolder", _read_imagefolder, tree_fingerprint, _sized, _channels,
+           lambda ds: {"classes": 1000, "train": 1300, "test": 50}, sized=True),
+    Source("csv", read_csv, csv_fingerprint, _sized, _channels, csv_counts, sized=True),
+]}
+
+
+def source_of(dataset: dict[str, Any]) -> Source:
+    """dataset.source's entry, or one line naming it and the known sources (never a fallback: an unknown
+    source read as another would make a wrong store without a word)."""
+    if (found := SOURCES.get(dataset["source"])) is None:
+        raise UserError(f"dataset.source '{dataset['source']}' is unknown; known sources: {', '.join(SOURCES)}")
+    return found
+
+
 def read_source(dataset: dict[str, Any], work: Path, workers: int = 1) -> Arrays:
-    if dataset["source"] == "fashion_mnist":
-        return fashion_mnist(dataset["root"])
-    return imagefolder(dataset["root"], dataset["image_size"], dataset.get("channels", 3), work,
-                       dataset.get("shard_images", 1024), workers, dataset.get("val_labels"),
-                       dataset.get("on_bad_image", "fail"))
+    """The store's arrays from dataset.source (``Source.read``)."""
+    return source_of(dataset).read(dataset, work, workers)
+
+
+def fingerprint(dataset: dict[str, Any]) -> str:
+    """dataset.source's fingerprint of its files (``Source.fingerprint``): what Snakemake reruns prepare on."""
+    return source_of(dataset).fingerprint(dataset)
