@@ -227,7 +227,7 @@ def test_make_run_with_a_profile_runs_snakemake_on_it():
 
 
 def test_snakemake_jobs_take_the_threads_snakemake_gives_them(tmp_path):
-    params = yaml.safe_load(SMOKE.read_text())
+    params = tparams.resolve(SMOKE)
     params["compute"]["threads"] = 2
     f = tmp_path / "two.yaml"
     f.write_text(yaml.safe_dump(params))
@@ -269,7 +269,7 @@ def test_dvc_exp_run_and_metrics_diff(dvc_ws):
 
 
 def test_gpu_plan_asks_one_gpu_per_training_and_features_job(tmp_path):
-    params = yaml.safe_load(SMOKE.read_text())
+    params = tparams.resolve(SMOKE)
     params["compute"]["device"] = "cuda"
     gpu_params = tmp_path / "gpu.yaml"
     gpu_params.write_text(yaml.safe_dump(params))
