@@ -205,7 +205,7 @@ def test_the_two_dags_agree(tmp_path):
 
 
 def test_the_resnet_profile_plans_the_same_commands_in_both_dags(tmp_path):
-    """As its header says: Snakemake given the profile with --configfile, DVC reading it copied over params.yaml;
+    """As its header says: Snakemake given the profile with --configfile, DVC reading it resolved into params.yaml;
     n runs over the ResNet-18's 1..9."""
     rel = "workflow/params/resnet.yaml"
     ws = make_workspace(tmp_path / "ws", ROOT / rel)

@@ -241,6 +241,7 @@ def _chain(path: Path) -> tuple[list[tuple[Path, dict[str, Any]]], Path, dict[st
 
 
 def _drop(params: dict[str, Any], key: str, overlay: Path, strict: bool) -> None:
+    """Take a dotted key (``splits.random4``) out of ``params``, in place."""
     *parents, last = key.split(".")
     node: Any = params
     for part in parents:
@@ -266,7 +267,8 @@ def resolve(path: str | Path) -> dict[str, Any]:
     """The whole params a file stands for, before validation. A file without `extends` is whole
     already. A profile names the file it differs from, relative to its own folder (``extends:
     ../../params.yaml``, or another profile), lists under ``drop`` the dotted keys of that file it
-    goes without, and states its other keys as they differ: see ``merge``. Over a file that
+    goes without, and states its other keys as they differ: see ``merge`` (to replace a mapping
+    whole, drop it and state it). Over a file that
     `transferability resolve` wrote, only the profile it was written from (which changes nothing)
     resolves: another would silently keep the first one's keys."""
     top = Path(path)

@@ -13,7 +13,7 @@ def params_file():
     (relative to the project when inside it, so shell commands and logs read as typed)."""
     if workflow.config_settings.config:
         raise UserError("snakemake --config is refused: the jobs read a params file, not Snakemake's config; "
-                        "edit params.yaml, or give another whole params file with --configfile")
+                        "edit params.yaml, or give a profile (workflow/params/) with --configfile")
     given = workflow.overwrite_configfiles
     if len(given) > 1:
         raise UserError(f"--configfile got {len(given)} files; give one whole params file (the jobs read one)")
