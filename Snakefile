@@ -5,9 +5,10 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-# params.yaml, unless --configfile names another whole params file (a profile, workflow/params/):
-# Snakemake would deep-merge the two, and keys only params.yaml has would reach the DAG. (--config
-# is refused in common.smk: the jobs read a params file, never Snakemake's config.)
+# params.yaml, unless --configfile names another params file (a profile, workflow/params/): common.smk
+# resolves it as the CLI does (transferability.params.resolve: a profile states what differs from the
+# file it extends), not by Snakemake's merge, since the jobs read the file. (--config is refused in
+# common.smk: the jobs read a params file, never Snakemake's config.)
 if not (workflow.overwrite_configfiles or workflow.config_settings.config):
 
     configfile: "params.yaml"

@@ -72,7 +72,10 @@ def run(ref: str, where: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(dest / "src"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     single = dest / "workflow" / "params" / "single.yaml"
-    if single.exists():
+    if single.exists() and "extends" in yaml.safe_load(single.read_text()):  # a profile over params.yaml
+        subprocess.run(["transferability", "--params", "workflow/params/single.yaml", "resolve", "--out",
+                        "params.yaml"], cwd=dest, env=env, check=True)
+    elif single.exists():  # a whole params file, before profiles stated only what differs
         (dest / "params.yaml").write_text(single.read_text())
     print(f"{ref} ({sha[:10]}): snakemake --cores all in {dest}", flush=True)
     t = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,9 +52,14 @@ def fmnist_store(tmp_path_factory, smoke_params):
     return load_store(dest)
 
 
+def write_params(profile: Path, dest: Path) -> None:
+    """The whole params ``profile`` stands for, written to ``dest`` as `transferability resolve --out` does."""
+    tparams.write_resolved(tparams.load(profile), profile, dest)
+
+
 def make_workspace(dest: Path, params_file: Path | None = SMOKE) -> Path:
-    """A copy of the project in ``dest`` with ``params_file`` as its params.yaml (None: the project's
-    own, for Snakemake given a profile with --configfile), as a git repo."""
+    """A copy of the project in ``dest`` with ``params_file`` resolved as its params.yaml (None: the
+    project's own, for Snakemake given a profile with --configfile), as a git repo."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_ENTRIES:
         src = ROOT / name
@@ -62,7 +68,7 @@ def make_workspace(dest: Path, params_file: Path | None = SMOKE) -> Path:
         else:
             shutil.copy2(src, dest / name)
     if params_file is not None:
-        shutil.copy2(params_file, dest / "params.yaml")
+        write_params(params_file, dest / "params.yaml")
     run = dict(cwd=dest, check=True, capture_output=True, env=ENV)
     subprocess.run(["git", "init", "-q", "-b", "main"], **run)
     subprocess.run(["git", "-c", "user.email=t@example.org", "-c", "user.name=test", "add", "-A"], **run)
@@ -83,8 +89,10 @@ def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 
 
 def dvc_reads(ws: Path, profile: Path = SMOKE) -> Path:
-    """Copy ``profile`` over the workspace's params.yaml, as the README says for DVC (it reads only that)."""
-    shutil.copy2(profile, ws / "params.yaml")
+    """Resolve ``profile`` into the workspace's params.yaml by the command its header gives for DVC
+    (it reads only that file), as typed."""
+    (command,) = re.findall(r"^# DVC reads only params.yaml: (transferability .*)$", profile.read_text(), re.M)
+    sh(command.split(), ws)
     return ws
 
 

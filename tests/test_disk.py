@@ -8,6 +8,7 @@ import subprocess
 import pytest
 import yaml
 
+from transferability import params as tparams
 from transferability.sources import imagefolder
 from transferability.store import write_store
 
@@ -73,7 +74,7 @@ def test_full_disk_is_reported_before_training_and_outputs_survive(trained):
 def test_a_store_too_big_for_the_disk_is_refused_and_the_old_one_kept(tmp_path, small_disk):
     ws = make_workspace(tmp_path / "ws")
     make_tree(tmp_path / "images")
-    params = yaml.safe_load(SMOKE.read_text())
+    params = tparams.resolve(SMOKE)
     params["dataset"].update(source="imagefolder", root=str(tmp_path / "images"), name="store", image_size=16,
                              channels=3)
     (ws / "params.yaml").write_text(yaml.safe_dump(params))

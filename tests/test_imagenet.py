@@ -7,7 +7,6 @@ import json
 import re
 
 import pytest
-import yaml
 
 from transferability import params as tparams
 from transferability import runs
@@ -37,7 +36,7 @@ def test_imagenet_profiles_plan_every_network_on_one_gpu_each(tmp_path, profile)
 
 
 def test_imagenet_profile_reads_the_studys_lists(tmp_path):
-    params = yaml.safe_load((PROFILES / "imagenet.yaml").read_text())
+    params = tparams.resolve(PROFILES / "imagenet.yaml")
     assert params["splits"]["natman"]["A"] == {"file": "half_nat_idx.txt"}
     assert params["experiment"]["dissimilar"]["splits"] == ["natman"]
     assert [params["splits"][f"random{s}"]["seed"] for s in range(4)] == [0, 1, 2, 3]

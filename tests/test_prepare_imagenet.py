@@ -16,6 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from transferability import params as tparams
 from transferability.errors import UserError
 from transferability.sources import REFERENCE, decode_image, ilsvrc_synsets, imagefolder
 from transferability.store import load_store, write_store
@@ -199,7 +200,7 @@ def test_parallel_and_serial_stores_are_bit_identical(tmp_path):
 
 
 def cli_params(tmp_path: Path, root: Path, **dataset) -> Path:
-    params = yaml.safe_load(SMOKE.read_text())
+    params = tparams.resolve(SMOKE)
     params["dataset"] = {"source": "imagefolder", "root": str(root), "name": "inet", "image_size": SIZE,
                          "channels": 3, **dataset}
     params["compute"]["threads"] = 2

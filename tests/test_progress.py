@@ -10,7 +10,7 @@ import pytest
 
 from transferability import progress
 
-from .conftest import ENV, SMOKE
+from .conftest import ENV, SMOKE, write_params
 
 
 def test_a_bar_in_a_log_writes_whole_lines(monkeypatch):
@@ -30,7 +30,7 @@ def test_a_bar_in_a_log_writes_whole_lines(monkeypatch):
 
 @pytest.mark.usefixtures("workspace")
 def test_a_training_log_shows_progress_lines_and_a_summary(tmp_path):
-    (tmp_path / "params.yaml").write_text(SMOKE.read_text())
+    write_params(SMOKE, tmp_path / "params.yaml")
     log = tmp_path / "train.log"
     with log.open("w") as f:
         subprocess.run(["transferability", "--params", "params.yaml", "train", "--split", "random0", "--seed", "0",

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from transferability import params as tparams
+
 from .conftest import ENV, SMOKE, make_workspace
 
 pytestmark = pytest.mark.slow
@@ -33,7 +35,7 @@ def params_file(tmp_path_factory) -> Path:
     """The smoke profile with enough epochs to be killed in many places, each epoch long enough
     (about 1 s here; 0.16 s with 150 images once training got faster) that a kill up to 0.4 s after
     a checkpoint lands inside the next epoch, not after the run has finished."""
-    params = yaml.safe_load(SMOKE.read_text())
+    params = tparams.resolve(SMOKE)
     params["train"].update(epochs=8, images_per_class=1000)
     f = tmp_path_factory.mktemp("params") / "params.yaml"
     f.write_text(yaml.safe_dump(params))

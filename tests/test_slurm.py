@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from transferability import params as tparams
+
 from . import slurm_cluster
 from .conftest import ENV, SMOKE, make_workspace
 
@@ -137,7 +139,7 @@ def test_slurm_run_gives_the_local_runs_metrics(smoke_on_slurm, snakemake_ws):
 def test_only_training_jobs_ask_slurm_for_a_gpu(cluster, tmp_path, capsys):
     """compute.device auto: the rules' gpu=1 becomes `sbatch --gpus=1` for training jobs only (the test
     node advertises one count-only GPU; without a CUDA device the job then trains on the CPU)."""
-    params = yaml.safe_load(SMOKE.read_text())
+    params = tparams.resolve(SMOKE)
     params["compute"]["device"] = "auto"
     params_file = tmp_path / "auto.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))

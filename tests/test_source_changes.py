@@ -13,6 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from transferability import params as tparams
 from transferability.sources import FASHION_MNIST_FILES
 
 from .conftest import SMOKE, make_workspace, sh
@@ -27,7 +28,7 @@ SPLIT = "data/splits/random0.json"
 def workspace(tmp_path: Path, source: str) -> tuple[Path, Path]:
     """A project whose params read a source of our own in ``tmp_path``: an image folder, or a copy of
     Fashion-MNIST's files. Returns the workspace and the source's root."""
-    params = yaml.safe_load(SMOKE.read_text())
+    params = tparams.resolve(SMOKE)
     root = tmp_path / "source"
     if source == "imagefolder":
         make_tree(root, classes=("a", "b", "c", "d"), per_class=3)

@@ -111,6 +111,7 @@ def test_the_studys_validation_lists_come_out_byte_for_byte(tmp_path, monkeypatc
     ws = tmp_path / "ws"  # the README's command, exactly as typed, from a project root
     (ws / "workflow" / "params").mkdir(parents=True)
     shutil.copy(IMAGENET_PROFILE, ws / "workflow" / "params")
+    shutil.copy(ROOT / "params.yaml", ws)  # what the profile extends
     proc = subprocess.run("transferability --params workflow/params/imagenet.yaml split --split random0 "
                           "--lists whole_valid_files.txt", shell=True, cwd=ws, env=ENV, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

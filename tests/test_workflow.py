@@ -206,7 +206,7 @@ def test_the_two_dags_agree(tmp_path):
 
 
 def test_the_resnet_profile_plans_the_same_commands_in_both_dags(tmp_path):
-    """As its header says: Snakemake given the profile with --configfile, DVC reading it copied over params.yaml;
+    """As its header says: Snakemake given the profile with --configfile, DVC reading it resolved into params.yaml;
     n runs over the ResNet-18's 1..9."""
     rel = "workflow/params/resnet.yaml"
     ws = make_workspace(tmp_path / "ws", ROOT / rel)
@@ -228,7 +228,7 @@ def test_make_run_with_a_profile_runs_snakemake_on_it():
 
 
 def test_snakemake_jobs_take_the_threads_snakemake_gives_them(tmp_path):
-    params = yaml.safe_load(SMOKE.read_text())
+    params = tparams.resolve(SMOKE)
     params["compute"]["threads"] = 2
     f = tmp_path / "two.yaml"
     f.write_text(yaml.safe_dump(params))
@@ -270,7 +270,7 @@ def test_dvc_exp_run_and_metrics_diff(dvc_ws):
 
 
 def test_gpu_plan_asks_one_gpu_per_training_and_features_job(tmp_path):
-    params = yaml.safe_load(SMOKE.read_text())
+    params = tparams.resolve(SMOKE)
     params["compute"]["device"] = "cuda"
     gpu_params = tmp_path / "gpu.yaml"
     gpu_params.write_text(yaml.safe_dump(params))

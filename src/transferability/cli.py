@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
                         "bits of the float sums")
     sub = p.add_subparsers(dest="stage", required=True)
     sub.add_parser("check", help="validate the params file and exit")
+    r = sub.add_parser("resolve", help="write the whole params a profile stands for (DVC reads params.yaml alone)")
+    r.add_argument("--out", metavar="FILE", help="the file to write, atomically, e.g. params.yaml (default: print "
+                   "it; a shell redirect onto params.yaml would empty it before it is read)")
     sub.add_parser("plan", help="list every network the params ask for")
     sub.add_parser("prepare", help="turn the dataset source into the store under data/prepared/")
     s = sub.add_parser("split", help="write class halves A and B of one split to data/splits/")
@@ -77,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, _interrupt)
     try:
         params = params_mod.load(args.params)
+        if args.stage == "resolve":  # as the file says, before --threads sets this job's compute.threads
+            if args.out:
+                params_mod.write_resolved(params, args.params, args.out)
+            else:
+                sys.stdout.write(params_mod.resolved_text(params, args.params))
+            return 0
         if args.threads is not None and args.threads < 1:
             raise UserError(f"--threads must be at least 1, got {args.threads}")
         # what this job runs with, so the stages use it and a network's metrics.json records it

@@ -1,20 +1,25 @@
 """Load and validate params.yaml: the single configuration of Snakemake, DVC and the CLI.
 
-Validation happens before any work: the JSON schema catches unknown keys, wrong types and
-out-of-range values; ``check`` adds the rules a schema cannot express (lists that must agree).
+A profile (workflow/params/) states only how it differs from another params file: ``resolve``
+turns it into the whole params it stands for, and the CLI, Snakemake and ``transferability
+resolve`` (which writes that whole file for DVC) all go through it, so every route reads the same.
+Validation happens after that and before any work: the JSON schema catches unknown keys, wrong
+types and out-of-range values; ``check`` adds the rules a schema cannot express (lists that must agree).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from . import runs
+from . import atomic, runs
 from .architecture import family, network_input, smallest_input, takes, transferable, unit_names
 from .errors import UserError
 from .sources import source_of
@@ -192,17 +197,117 @@ def check_estimators(params: dict[str, Any], source: str) -> None:
                             f"{OTHER_HALF[t]}n{t}): add {t} to features.targets")
 
 
-def load(path: str | Path = "params.yaml") -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
+EXTENDS, DROP = "extends", "drop"
+RESOLVED = "# Written by `transferability resolve`"  # the first line of a file it wrote
+
+
+def _read(path: Path, named_by: Path | None = None) -> tuple[dict[str, Any], bool]:
+    """A params file's mapping, and whether `transferability resolve` wrote it."""
+    if not path.is_file():
+        if named_by:
+            raise UserError(f"{named_by}: extends {path}, which is not a file (the path is relative to "
+                            f"{named_by.parent})")
         raise UserError(f"params file {path} not found; run from the project root or pass --params")
+    text = path.read_text()
     try:
-        params = yaml.safe_load(path.read_text())
+        params = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if params is None:  # `... > params.yaml` empties the file before the command reads it
+        raise UserError(f"{path} is empty; `git checkout {path}` restores a tracked one (write with --out, "
+                        "never a shell redirect onto a file it reads)")
     if not isinstance(params, dict):
         raise UserError(f"{path} must hold a mapping of sections (dataset, splits, ...)")
-    return validate(params, str(path))
+    return params, text.startswith(RESOLVED)
+
+
+def _chain(path: Path) -> tuple[list[tuple[Path, dict[str, Any]]], Path, dict[str, Any], bool]:
+    """The overlays from ``path`` down its `extends` links, and the whole file they end on."""
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    while True:
+        if path.resolve() in {f.resolve() for f, _ in chain}:
+            raise UserError(f"{chain[0][0]}: extends leads back to {path} "
+                            f"({' -> '.join(str(f) for f, _ in chain)} -> {path})")
+        params, written = _read(path, chain[-1][0] if chain else None)
+        if EXTENDS not in params:
+            if DROP in params:
+                raise UserError(f"{path}: '{DROP}' removes keys from the file a profile extends; add "
+                                f"'{EXTENDS}: <params file>' or remove '{DROP}'")
+            return chain, path, params, written
+        if not isinstance(params[EXTENDS], str):
+            raise UserError(f"{path}: {EXTENDS} must name a params file, relative to {path.parent} "
+                            "(e.g. ../../params.yaml)")
+        chain.append((path, params))
+        path = Path(os.path.normpath(path.parent / params[EXTENDS]))  # as a user names it: params.yaml
+
+
+def _drop(params: dict[str, Any], key: str, overlay: Path, strict: bool) -> None:
+    """Take a dotted key (``splits.random4``) out of ``params``, in place."""
+    *parents, last = key.split(".")
+    node: Any = params
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and last in node:
+        del node[last]
+    elif strict:
+        raise UserError(f"{overlay}: {DROP} names {key}, which what it extends does not have; "
+                        "drop only keys of the file it extends (dotted, e.g. splits.random4)")
+
+
+def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``overlay`` over ``base``: a mapping merges key by key (new keys after the base's, in the
+    overlay's order); anything else, a list or null included, replaces the base's value whole."""
+    out = dict(base)
+    for key, value in overlay.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = merge(base[key], value) if both else copy.deepcopy(value)
+    return out
+
+
+def resolve(path: str | Path) -> dict[str, Any]:
+    """The whole params a file stands for, before validation. A file without `extends` is whole
+    already. A profile names the file it differs from, relative to its own folder (``extends:
+    ../../params.yaml``, or another profile), lists under ``drop`` the dotted keys of that file it
+    goes without, and states its other keys as they differ: see ``merge`` (to replace a mapping
+    whole, drop it and state it). Over a file that
+    `transferability resolve` wrote, only the profile it was written from (which changes nothing)
+    resolves: another would silently keep the first one's keys."""
+    top = Path(path)
+    chain, root, whole, written = _chain(top)
+    params = copy.deepcopy(whole)
+    for overlay_path, overlay in reversed(chain):
+        drop = overlay.get(DROP, [])
+        if not (isinstance(drop, list) and all(isinstance(k, str) for k in drop)):
+            raise UserError(f"{overlay_path}: {DROP} must be a list of dotted keys, e.g. [splits.random4, model.width]")
+        for key in drop:
+            _drop(params, key, overlay_path, strict=not written)
+        params = merge(params, {k: v for k, v in overlay.items() if k not in (EXTENDS, DROP)})
+    if written and chain:
+        if params != whole:
+            raise UserError(f"{root} was written by `transferability resolve` and {top} would change it: restore "
+                            f"the default (`git checkout {root}`) before resolving {top} over it")
+        return whole
+    return params
+
+
+def load(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """The validated whole params of a params file or profile (``resolve``)."""
+    return validate(resolve(path), str(path))
+
+
+def resolved_text(params: dict[str, Any], source: str | Path) -> str:
+    """A profile's whole params as one file, for DVC (it reads params.yaml alone): the same values
+    in the same order, so every output is the same as from the profile itself."""
+    return (f"{RESOLVED} from {source}: the whole params it stands for.\n"
+            "# Resolve a profile over the default params (`git checkout params.yaml` restores it), not over this.\n"
+            + yaml.safe_dump(params, sort_keys=False, allow_unicode=True))
+
+
+def write_resolved(params: dict[str, Any], source: str | Path, out: str | Path) -> None:
+    """`transferability --params <profile> resolve --out <file>`: ``params`` as ``load`` gave them."""
+    if Path(out).resolve() == Path(source).resolve():
+        raise UserError(f"resolve --out {out} would overwrite the file it reads; write another file")
+    atomic.write_text(out, resolved_text(params, source))
 
 
 def digest(obj: Any) -> str:

@@ -1,4 +1,5 @@
 # Shared by every rule: the validated params, the networks they ask for, input functions.
+import copy
 import sys
 from pathlib import Path
 
@@ -8,11 +9,11 @@ from transferability.errors import UserError
 
 
 def params_file():
-    """The one whole params file every job reads: params.yaml, or the file --configfile names
+    """The one params file every job reads: params.yaml, or the profile --configfile names
     (relative to the project when inside it, so shell commands and logs read as typed)."""
     if workflow.config_settings.config:
         raise UserError("snakemake --config is refused: the jobs read a params file, not Snakemake's config; "
-                        "edit params.yaml, or give another whole params file with --configfile")
+                        "edit params.yaml, or give a profile (workflow/params/) with --configfile")
     given = workflow.overwrite_configfiles
     if len(given) > 1:
         raise UserError(f"--configfile got {len(given)} files; give one whole params file (the jobs read one)")
@@ -24,9 +25,13 @@ def params_file():
 
 try:  # the package's one line (Snakemake would add its traceback to a raise), before any job
     PARAMS_FILE = params_file()
-    P = tparams.load(PARAMS_FILE)  # validated against params.schema.yaml, as the CLI does
+    P = tparams.load(PARAMS_FILE)  # resolved and validated against params.schema.yaml, as the CLI does
 except UserError as exc:
     sys.exit(f"error: {exc}")
+# Snakemake's config is the file as given (a profile states only what differs): the resolved params instead,
+# for what reads config (the --report page, workflow/report/workflow.rst)
+config.clear()
+config.update(copy.deepcopy(P))
 
 STORE = str(runs.prepared_path(P))
 # The store's manifest stands for the store in the DAG: prepare writes it last, in the same atomic swap of
