@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from transferability import params as tparams
 from transferability import sources
 from transferability.sources import decode_image
 from transferability.store import load_store
@@ -62,7 +63,7 @@ def write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
 
 def workspace(tmp_path: Path, root: Path, name: str = "ws") -> Path:
     """A project folder whose params.yaml is the smoke profile with the csv source at ``root``."""
-    params = yaml.safe_load(SMOKE.read_text())
+    params = tparams.resolve(SMOKE)
     params["dataset"] = {"source": "csv", "root": str(root), "name": "shapes", "image_size": SIZE, "channels": 3}
     params["compute"]["threads"] = 2
     ws = tmp_path / name
