@@ -26,10 +26,10 @@ import torch
 from common import ROOT, parser, save, table
 
 from transferability import params as tparams
-from transferability.data import HalfData, Streamed
-from transferability.devices import setup
-from transferability.models import build_model, forward_flops
-from transferability.training import train
+from transferability.data.loader import HalfData, Streamed
+from transferability.networks.models import build_model, forward_flops
+from transferability.training.devices import setup
+from transferability.training.loop import train
 
 CLASSES = 500  # a half of ILSVRC-2012
 

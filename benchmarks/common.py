@@ -21,13 +21,13 @@ from typing import Any
 import torch
 
 from transferability import params as tparams
-from transferability.allocator import keep_freed_memory
-from transferability.atomic import write_json
-from transferability.data import HalfData, half_data
-from transferability.sources import read_source
-from transferability.splits import make_split
-from transferability.store import load_store, write_store
-from transferability.training import versions
+from transferability.data.loader import HalfData, half_data
+from transferability.data.sources import read_source
+from transferability.data.splits import make_split
+from transferability.data.store import load_store, write_store
+from transferability.files.atomic import write_json
+from transferability.provenance import versions
+from transferability.training.allocator import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

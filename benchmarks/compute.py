@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from common import load_params, parser, save, table
 
-from transferability.models import build_model, forward_flops
-from transferability.sgd import SGD
+from transferability.networks.models import build_model, forward_flops
+from transferability.training.sgd import SGD
 
 BATCHES = (8, 16, 32, 64, 128)  # training batch sizes timed for the default net
 
@@ -80,7 +80,7 @@ def _worker(args: tuple) -> float:
 
 FRESH = """
 import json, sys
-from transferability.allocator import keep_freed_memory
+from transferability.training.allocator import keep_freed_memory
 if sys.argv[1] == "tuned":
     keep_freed_memory()
 sys.path.insert(0, sys.argv[2])

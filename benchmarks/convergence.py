@@ -32,8 +32,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from transferability import params as tparams  # noqa: E402
-from transferability.atomic import atomic_path, write_text  # noqa: E402
-from transferability.stats import t_interval  # noqa: E402
+from transferability.files.atomic import atomic_path, write_text  # noqa: E402
+from transferability.study.stats import t_interval  # noqa: E402
 
 CLI = [sys.executable, "-m", "transferability.cli"]
 PLATEAU = 0.003  # doubling the budget moves a converged base by less than 0.3 points

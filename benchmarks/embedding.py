@@ -20,7 +20,7 @@ import numpy as np
 from common import ROOT, load_params, parser, save, table, wall_times
 from threadpoolctl import threadpool_limits
 
-from transferability.embedding import evaluate_all, fne, l2_normalise, linear_svm, target_splits
+from transferability.features.embedding import evaluate_all, fne, l2_normalise, linear_svm, target_splits
 
 SOLVERS = ("liblinear", "newton")
 

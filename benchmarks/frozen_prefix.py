@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from common import default_half, load_params, parser, save, table
 
-from transferability.models import build_model
+from transferability.networks.models import build_model
+from transferability.networks.transfer import make_network
 from transferability.runs import Network
-from transferability.training import train
-from transferability.transfer import make_network
+from transferability.training.loop import train
 
 
 def main() -> None:

@@ -171,7 +171,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def write(out: Path, report: dict[str, Any], t0: float) -> None:
-    from transferability.atomic import write_json, write_text  # stdlib only: importable before set-up
+    from transferability.files.atomic import write_json, write_text  # stdlib only: importable before set-up
 
     report["elapsed_s"] = round(time.monotonic() - t0, 1)
     report["checks"] = checks(report["sections"])

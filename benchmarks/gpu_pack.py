@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from transferability.data import select
-from transferability.sources import FASHION_MNIST_FILES, read_idx
+from transferability.data.loader import select
+from transferability.data.sources.fashion_mnist import FASHION_MNIST_FILES, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = ROOT / "benchmarks" / "gpu_requirements.txt"

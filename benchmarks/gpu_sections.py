@@ -612,7 +612,7 @@ def loader_alone(data: Any, params: dict[str, Any], epochs: int) -> dict[str, An
     to the device's last kernel."""
     import torch
 
-    from transferability.training import step_batches
+    from transferability.training.loop import step_batches
 
     tr, compute = params["train"], params["compute"]
     dev = data.y_train.device
@@ -656,12 +656,12 @@ def throughput_worker(config: dict[str, Any]) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).parent))
     from common import default_half
 
-    from transferability.data import Streamed, half_data, input_size
-    from transferability.devices import setup
-    from transferability.models import build_model
-    from transferability.splits import make_split
-    from transferability.store import load_store
-    from transferability.training import train
+    from transferability.data.loader import Streamed, half_data, input_size
+    from transferability.data.splits import make_split
+    from transferability.data.store import load_store
+    from transferability.networks.models import build_model
+    from transferability.training.devices import setup
+    from transferability.training.loop import train
 
     params = copy.deepcopy(tparams.load(config["params"]))
     compute, tr, ev = params["compute"], params["train"], params["evaluate"]
@@ -763,7 +763,7 @@ def prepare_worker(config: dict[str, Any]) -> dict[str, Any]:
 def locked_train(argv: list[str]) -> int:
     """A CPU run's training job behind the per-card lock: claim it as a CUDA job does, then train."""
     from transferability.cli import main
-    from transferability.devices import claim_gpu
+    from transferability.training.devices import claim_gpu
 
     params = tparams.load(argv[argv.index("--params") + 1])
     lock_dir = params["compute"]["gpu_lock_dir"]

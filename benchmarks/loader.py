@@ -51,7 +51,7 @@ import torch
 from common import ROOT, parser, save, table
 
 from transferability import params as tparams
-from transferability.data import HalfData, Loader, Streamed, augmentation, batches, gather, make_batch
+from transferability.data.loader import HalfData, Loader, Streamed, augmentation, batches, gather, make_batch
 
 BEFORE = "eb5778e"  # main before the loader was rebuilt
 
@@ -104,15 +104,15 @@ def warm(path: Path) -> None:
 
 
 def old_data(commit: str) -> types.ModuleType | None:
-    """``transferability.data`` as it was at ``commit`` (its relative imports resolve in today's package)."""
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:src/transferability/data.py"],
+    """``transferability.data.loader`` as it was at ``commit`` (its relative imports resolve in today's package)."""
+    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:src/transferability/data/loader.py"],
                          capture_output=True, text=True)
     if src.returncode != 0:
         return None
     module = types.ModuleType(f"transferability._data_{commit}")
     module.__package__ = "transferability"
     sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(src.stdout, f"{commit}:src/transferability/data.py", "exec"), module.__dict__)
+    exec(compile(src.stdout, f"{commit}:src/transferability/data/loader.py", "exec"), module.__dict__)
     return module
 
 

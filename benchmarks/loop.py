@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from common import default_half, load_params, parser, save, table
 
-from transferability.data import make_batch
-from transferability.models import build_model
-from transferability.training import make_optimizer, train
+from transferability.data.loader import make_batch
+from transferability.networks.models import build_model
+from transferability.training.loop import make_optimizer, train
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ from common import best_time, load_params, parser, save, table
 from PIL import Image
 
 from transferability import stages
-from transferability.sources import check_header, decode_image
-from transferability.store import load_store
+from transferability.data.images import check_header, decode_image
+from transferability.data.store import load_store
 
 
 def photo(rng: np.random.Generator, h: int, w: int, c: int, i: int) -> np.ndarray:

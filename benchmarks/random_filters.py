@@ -37,17 +37,17 @@ from torch import nn
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from transferability.atomic import atomic_path  # noqa: E402
-from transferability.data import HalfData, half_data, make_batch  # noqa: E402
-from transferability.prefix import build_cache, cacheable, split_prefix  # noqa: E402
+from transferability.data.loader import HalfData, half_data, make_batch  # noqa: E402
+from transferability.data.sources import read_source  # noqa: E402
+from transferability.data.splits import make_split  # noqa: E402
+from transferability.data.store import Store, load_store, write_store  # noqa: E402
+from transferability.files.atomic import atomic_path  # noqa: E402
+from transferability.networks.prefix import build_cache, cacheable, split_prefix  # noqa: E402
+from transferability.networks.transfer import make_network  # noqa: E402
+from transferability.networks.unitnet import UnitNet  # noqa: E402
 from transferability.runs import Network  # noqa: E402
-from transferability.sources import read_source  # noqa: E402
-from transferability.splits import make_split  # noqa: E402
 from transferability.stages import run_seed  # noqa: E402
-from transferability.store import Store, load_store, write_store  # noqa: E402
-from transferability.training import eval_steps, evaluate, lr_at, make_optimizer, step_batches, train  # noqa: E402
-from transferability.transfer import make_network  # noqa: E402
-from transferability.unitnet import UnitNet  # noqa: E402
+from transferability.training.loop import eval_steps, evaluate, lr_at, make_optimizer, step_batches, train  # noqa: E402
 
 # Each setting: params overrides (dotted keys); ``train.lr`` is a factor of the params' lr.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -224,7 +224,7 @@ def caffenet_prefix(crops: int, seed: int = 0) -> dict[str, Any]:
     import numpy as np
     from sklearn.datasets import load_sample_images
 
-    from transferability.models import build_model
+    from transferability.networks.models import build_model
 
     photos = load_sample_images().images
     rng = np.random.default_rng(seed)

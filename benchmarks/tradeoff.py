@@ -21,8 +21,8 @@ from typing import Any
 
 from common import load_params, parser, save
 
-from transferability.findings import budget_check, evaluate
-from transferability.report import collect
+from transferability.report.page import collect
+from transferability.study.findings import budget_check, evaluate
 
 
 def cpu_seconds(run: Path, split: str, seed: int) -> float:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from transferability import params as tparams
-from transferability.sources import read_source
-from transferability.store import load_store, write_store
+from transferability.data.sources import read_source
+from transferability.data.store import load_store, write_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "workflow" / "params" / "smoke.yaml"
@@ -38,7 +38,6 @@ def params(smoke_params) -> dict:
 def workspace(tmp_path, monkeypatch, params) -> Path:
     """An empty project folder (the working directory) with the smoke store prepared and split random0."""
     from transferability import stages
-
     monkeypatch.chdir(tmp_path)
     stages.prepare(params)
     stages.split(params, "random0")

@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
-from transferability.atomic import atomic_dir, atomic_path, umask, write_bytes, write_json, write_text
-from transferability.sources import imagefolder
-from transferability.store import write_store
+from transferability.data.sources.imagefolder import imagefolder
+from transferability.data.store import write_store
+from transferability.files.atomic import atomic_dir, atomic_path, umask, write_bytes, write_json, write_text
 
 from .test_store import make_tree
 
@@ -57,7 +57,7 @@ def test_a_store_is_readable_as_the_umask_says(tmp_path, mask):
     assert {f.name: mode(f) for f in files} == {f.name: 0o666 & ~mask for f in files}
 
 
-ATOMIC = "from transferability.atomic import atomic_path, write_text\n"
+ATOMIC = "from transferability.files.atomic import atomic_path, write_text\n"
 
 
 def test_a_live_writers_temporary_survives_another_writer_of_the_same_file(tmp_path):

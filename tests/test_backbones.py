@@ -15,13 +15,13 @@ import timm
 import torch
 
 from transferability import stages
-from transferability.architecture import unit_names
-from transferability.backbones import build_backbone, timm_kwargs, units
 from transferability.errors import UserError
-from transferability.features import extract, unit_taps
+from transferability.features.activations import extract, unit_taps
+from transferability.networks.architecture import unit_names
+from transferability.networks.backbones import build_backbone, timm_kwargs, units
+from transferability.networks.transfer import layer_prefix, make_network
 from transferability.params import validate
 from transferability.runs import Network
-from transferability.transfer import layer_prefix, make_network
 
 FAMILIES = {
     "resnet18": {"arch": "resnet18", "width": 0.125, "init": "kaiming", "dropout": 0.0},
@@ -196,7 +196,7 @@ def test_features_tap_every_unit_by_name(family):
 def test_memory_requests_count_the_backbone_as_built(family):
     """Slurm's mem_mb for a backbone job: its parameters and the frozen head's output, as the real network has them."""
     from transferability.memory import _shapes
-    from transferability.prefix import split_prefix
+    from transferability.networks.prefix import split_prefix
 
     model = FAMILIES[family]
     shapes = _shapes(model, 1, 28, 5, N[family])

@@ -12,7 +12,7 @@ import pytest
 from matplotlib import image
 
 from transferability import runs
-from transferability.figures import FRONT_WIDTH_PX
+from transferability.report.figures import FRONT_WIDTH_PX
 
 from . import browser
 from .conftest import sh

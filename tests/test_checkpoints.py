@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from transferability import checkpoints, stages
-from transferability.data import HalfData, Streamed
+from transferability import stages
+from transferability.data.loader import HalfData, Streamed
+from transferability.data.shards import sharded_rows
 from transferability.errors import UserError
-from transferability.models import build_model
-from transferability.prefix import PrefixCache
-from transferability.sealed import damage, intact, sealed_writer
-from transferability.shards import sharded_rows
-from transferability.training import make_optimizer
+from transferability.files import checkpoints
+from transferability.files.sealed import damage, intact, sealed_writer
+from transferability.networks.models import build_model
+from transferability.networks.prefix import PrefixCache
+from transferability.training.loop import make_optimizer
 
 SMALL = {"arch": "small", "width": 0.25, "init": "kaiming", "dropout": 0.5}
 TRAIN = {"weight_decay": 0.0005, "lr": 0.01, "momentum": 0.9}
@@ -127,7 +128,7 @@ def test_a_model_file_that_is_not_plain_tensors_is_refused_in_one_line(params):
 
 
 def test_feature_shards_are_sealed_and_a_damaged_one_is_computed_again(tmp_path, capsys):
-    from transferability.shards import join_npy
+    from transferability.data.shards import join_npy
 
     calls = []
 
@@ -233,7 +234,7 @@ def meta_half(streamed: bool) -> HalfData:
 @pytest.mark.parametrize("streamed", [False, True])
 @pytest.mark.parametrize("crop", [None, 24])
 def test_the_step_path_reads_nothing_back_from_the_device(streamed, crop):
-    from transferability.training import step_batches
+    from transferability.training.loop import step_batches
 
     data = meta_half(streamed)
     gen = torch.Generator().manual_seed(0)
@@ -246,7 +247,7 @@ def test_the_step_path_reads_nothing_back_from_the_device(streamed, crop):
 
 
 def test_the_cached_step_path_reads_nothing_back_from_the_device():
-    from transferability.training import step_batches
+    from transferability.training.loop import step_batches
 
     data = meta_half(False)
     cache = PrefixCache(torch.nn.Sequential(), torch.empty(80, 7, device="meta"), torch.empty(40, 7, device="meta"), 40)
@@ -258,8 +259,8 @@ def test_the_cached_step_path_reads_nothing_back_from_the_device():
 
 def test_the_step_path_draws_what_the_loop_drew_before():
     """The same crops, flips and order as the old loop, which drew them in this sequence on the CPU."""
-    from transferability.data import make_batch
-    from transferability.training import step_batches
+    from transferability.data.loader import make_batch
+    from transferability.training.loop import step_batches
 
     x = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
     y = torch.arange(40) % 4
@@ -276,10 +277,10 @@ def test_the_step_path_draws_what_the_loop_drew_before():
 @cuda
 @pytest.mark.usefixtures("workspace")
 def test_gpu_step_path_never_synchronises(params):
-    from transferability.data import half_data
+    from transferability.data.loader import half_data
+    from transferability.data.store import load_store
     from transferability.runs import prepared_path
-    from transferability.store import load_store
-    from transferability.training import step_batches
+    from transferability.training.loop import step_batches
 
     store = load_store(prepared_path(params))
     split = json.loads(Path("data/splits/random0.json").read_text())
@@ -322,7 +323,7 @@ def test_gpu_model_file_has_the_bytes_of_the_same_weights_saved_from_the_cpu(tmp
 def test_a_gpu_runs_tag_and_metrics_leave_the_thread_count_out():
     """Before, a GPU run's checkpoint tag held compute.threads: a job killed under Slurm with 4 CPUs and
     rerun with 2 started again from epoch 0, though on a GPU the thread count changes no number."""
-    from transferability.params import digest
+    from transferability.provenance import digest
     from transferability.stages import compute_identity
 
     compute = {"device": "cuda", "threads": 4, "channels_last": True, "precision": "bfloat16", "compile": False,

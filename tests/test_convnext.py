@@ -13,15 +13,15 @@ import timm
 import torch
 
 from transferability import stages
-from transferability.architecture import family, published, smallest_input, unit_names
-from transferability.backbones import build_backbone, timm_kwargs
 from transferability.errors import UserError
-from transferability.features import extract, unit_taps
+from transferability.features.activations import extract, unit_taps
 from transferability.memory import _shapes
+from transferability.networks.architecture import family, published, smallest_input, unit_names
+from transferability.networks.backbones import build_backbone, timm_kwargs
+from transferability.networks.prefix import split_prefix
+from transferability.networks.transfer import make_network
 from transferability.params import validate
-from transferability.prefix import split_prefix
 from transferability.runs import Network
-from transferability.transfer import make_network
 
 from .test_backbones import same, unit_state
 

@@ -14,9 +14,9 @@ import yaml
 from PIL import Image
 
 from transferability import params as tparams
-from transferability import sources
-from transferability.sources import decode_image
-from transferability.store import load_store
+from transferability.data import sources
+from transferability.data.images import decode_image
+from transferability.data.store import load_store
 
 from .conftest import ENV, SMOKE
 

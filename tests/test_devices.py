@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from transferability import devices, stages
 from transferability import params as tparams
-from transferability.devices import (
+from transferability import stages
+from transferability.errors import UserError
+from transferability.training import devices
+from transferability.training.devices import (
     card_names,
     claim_gpu,
     driver_version,
@@ -25,7 +27,6 @@ from transferability.devices import (
     resolve_device,
     setup,
 )
-from transferability.errors import UserError
 
 from .conftest import ROOT
 

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from transferability import params as tparams
-from transferability.sources import imagefolder
-from transferability.store import write_store
+from transferability.data.sources.imagefolder import imagefolder
+from transferability.data.store import write_store
 
 from .conftest import ENV, SMOKE, make_workspace
 from .test_store import make_tree

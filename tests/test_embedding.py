@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from transferability.embedding import (
+from transferability.errors import UserError
+from transferability.features.activations import digits, extract, load_torchvision, torchvision_alexnet_taps, unit_taps
+from transferability.features.embedding import (
     columns,
     discretise,
     evaluate_all,
@@ -15,9 +17,7 @@ from transferability.embedding import (
     small_data_splits,
     standardise,
 )
-from transferability.errors import UserError
-from transferability.features import digits, extract, load_torchvision, torchvision_alexnet_taps, unit_taps
-from transferability.models import build_model
+from transferability.networks.models import build_model
 
 
 def test_standardise_uses_training_statistics_only_and_zeroes_flat_columns():
@@ -139,7 +139,6 @@ def test_a_torchvision_model_from_disk_through_the_cli(tmp_path, params, monkeyp
 
     from transferability import params as tparams
     from transferability import stages
-
     torch.save(torchvision.models.alexnet(weights=None).state_dict(), tmp_path / "alexnet.pth")
     params["features"].update(networks=["tv-alexnet"], targets=["B"])
     params["estimators"]["methods"] = []  # they read our own bases, not dumped here

@@ -10,8 +10,8 @@ import pytest
 from scipy import optimize
 from scipy.stats import ortho_group
 
-from transferability import estimators as est
-from transferability.embedding import fne_accuracy
+from transferability.estimators import scores as est
+from transferability.features.embedding import fne_accuracy
 
 
 def direct_log_evidence(f: np.ndarray, y: np.ndarray, log_alpha: float, log_beta: float) -> float:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transferability import study
-from transferability.findings import budget_check, evaluate, replicates, units
-from transferability.stats import t_interval
+from transferability.study import published as study
+from transferability.study.findings import budget_check, evaluate, replicates, units
+from transferability.study.stats import t_interval
 
 
 def runs(seeds: int, dip: float = -0.01, noise: float = 0.003, ft_gain: float = 0.01, boost: float = 0.005,
@@ -140,7 +140,7 @@ def test_the_verdicts_and_the_budget_check_go_into_json_as_the_report_writes_the
     """Accuracies come from metrics.json as Python floats; every interval, flag and verdict must be JSON."""
     import json
 
-    from transferability.findings import as_json
+    from transferability.study.findings import as_json
 
     rows = [{**r, "top1_kbest": float(r["top1_kbest"])} for r in runs(4, ft_gain=0.0, noise=0.001)]
     check = budget_check(rows, ["random0"], 0.01)
@@ -158,7 +158,7 @@ def not_learning(rows: list[dict], which: set[tuple]) -> list[dict]:
 def test_each_finding_says_whether_its_estimate_includes_networks_that_did_not_learn():
     """R7B of seed 1 read by the random-filters finding (n = 1 and 7) only; R4B by none; a dissimilar
     A5B by the dissimilar-split finding only; a BnB at n = 4 by specificity and the dip."""
-    from transferability.findings import as_json, table
+    from transferability.study.findings import as_json, table
 
     rows = not_learning(runs(4), {("random0", 1, "RnB", 7), ("random0", 2, "RnB", 4), ("dissimilar", 3, "AnB", 5),
                                   ("random0", 0, "BnB", 4)})

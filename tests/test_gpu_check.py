@@ -30,8 +30,7 @@ FMNIST = "/usr/share/datasets/fashion-mnist"
 HOOK = """
 import json, os, runpy, sys
 import torch
-from transferability import training
-
+from transferability.training import loop as training
 real = training.train
 
 def train(*args, **kwargs):
@@ -166,7 +165,7 @@ def test_gpu_pack_writes_the_default_images_per_class_as_idx(tmp_path):
         from gpu_pack import PER_CLASS, write_fashion_mnist
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    from transferability.sources import fashion_mnist
+    from transferability.data.sources.fashion_mnist import fashion_mnist
 
     write_fashion_mnist(tmp_path / "fm")
     images, labels, classes, _ = fashion_mnist(tmp_path / "fm")

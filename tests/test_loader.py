@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from transferability.data import PREFETCH, HalfData, Loader, Streamed, batches
-from transferability.training import step_batches
+from transferability.data.loader import PREFETCH, HalfData, Loader, Streamed, batches
+from transferability.training.loop import step_batches
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from transferability import stages
-from transferability.lrn import LocalResponseNorm
-from transferability.models import build_model
+from transferability.networks.lrn import LocalResponseNorm
+from transferability.networks.models import build_model
 
 from .test_sgd import Ops
 

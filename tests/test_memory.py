@@ -11,9 +11,9 @@ import yaml
 
 from transferability import memory
 from transferability import params as tparams
-from transferability.features import LayerTaps, unit_taps
-from transferability.models import build_model
-from transferability.prefix import split_prefix
+from transferability.features.activations import LayerTaps, unit_taps
+from transferability.networks.models import build_model
+from transferability.networks.prefix import split_prefix
 from transferability.runs import FeatureJob, Network
 
 from .conftest import ENV, ROOT

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transferability.models import LAYER_NAMES, build_model, forward_flops
+from transferability.networks.models import LAYER_NAMES, build_model, forward_flops
 
 CAFFENET = {"arch": "caffenet", "init": "caffe", "dropout": 0.5}
 SMALL = {"arch": "small", "width": 0.75, "init": "kaiming", "dropout": 0.5}

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from transferability import params as tparams
+from transferability import provenance
 from transferability.errors import UserError
 
 from .conftest import ROOT
@@ -94,8 +95,8 @@ def test_check_refuses_a_crop_larger_than_the_images_in_one_line(tmp_path, param
 
 @pytest.mark.parametrize(("arch", "least"), [("caffenet", 67), ("small", 8)])
 def test_smallest_input_is_where_building_the_network_starts_to_work(arch, least):
-    from transferability.architecture import smallest_input
-    from transferability.models import build_model
+    from transferability.networks.architecture import smallest_input
+    from transferability.networks.models import build_model
 
     model = {"arch": arch, "width": 0.25, "init": "kaiming", "dropout": 0.5}
     assert smallest_input(model) == least
@@ -110,5 +111,5 @@ def test_missing_params_file(tmp_path):
 
 
 def test_digest_is_stable_and_order_free():
-    assert tparams.digest({"a": 1, "b": [1, 2]}) == tparams.digest({"b": [1, 2], "a": 1})
-    assert tparams.digest({"a": 1}) != tparams.digest({"a": 2})
+    assert provenance.digest({"a": 1, "b": [1, 2]}) == provenance.digest({"b": [1, 2], "a": 1})
+    assert provenance.digest({"a": 1}) != provenance.digest({"a": 2})

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from transferability import estimator_report, prediction, runs, stages
 from transferability import params as tparams
-from transferability.data import normalisation
+from transferability import runs, stages
+from transferability.data.loader import normalisation
+from transferability.data.store import load_store, save_npy
 from transferability.errors import UserError
-from transferability.features import extract, unit_taps
-from transferability.store import load_store, save_npy
+from transferability.estimators import plan, prediction
+from transferability.features.activations import extract, unit_taps
+from transferability.report import estimators as estimator_report
 
 LAYERS = list(range(1, 8))
 
@@ -89,7 +91,7 @@ def synthetic(tmp_path, monkeypatch, params):
 def test_scores_rank_the_layers_as_the_measured_curves_do(synthetic):
     params = synthetic
     prediction.estimate(params, "random0", 0)
-    scores = json.loads((runs.estimates_dir("random0", 0) / "scores.json").read_text())["targets"]["B"]
+    scores = json.loads((plan.estimates_dir("random0", 0) / "scores.json").read_text())["targets"]["B"]
     assert scores["images"] == 150 and scores["source_network"] == "baseA"
     for method in ("logme", "hscore", "cka"):
         assert np.all(np.diff(scores["scores"][method]) < 0), method  # separation falls with n: so do they
@@ -169,7 +171,7 @@ def test_no_estimators_need_no_dumps(params):
     params["estimators"]["methods"] = []
     params["features"].update(networks=["baseA"], targets=["digits"])
     tparams.validate(params)
-    assert runs.estimator_dumps(params, "random0", 0) == []
+    assert plan.estimator_dumps(params, "random0", 0) == []
 
 
 def record(split: str, target: str, scores: dict[str, list[float]], anb: list[float], base: float = 0.95,
@@ -222,8 +224,7 @@ def test_an_estimator_that_knows_more_than_depth_beats_it_and_one_that_knows_les
     assert follows["mean"] == pytest.approx(1 - depth, abs=1e-6) and follows["ci95"][0] > 0
     assert follows["verdict"] == "beats depth"
     assert noisy["mean"] < 0 and noisy["verdict"].startswith("does not beat depth")
-    from transferability import estimator_report
-
+    from transferability.report import estimators as estimator_report
     said = estimator_report.claims(summary)[0]
     assert "Beat depth: follows. Do not beat depth: noisy." in said
 
@@ -246,8 +247,7 @@ def test_ranking_the_sources_at_each_n_is_what_depth_cannot_do():
     assert right["gain_over_order"]["ci95"][0] > 0 and right["gain_over_order"]["verdict"] == "beats the fixed order"
     assert wrong["mean"] < 0 and wrong["gain_over_order"]["verdict"].startswith("does not beat the fixed order")
     assert "sources" not in summary["depth"]
-    from transferability import estimator_report
-
+    from transferability.report import estimators as estimator_report
     assert "Beat the fixed order: right." in estimator_report.claims(summary)[-1]
 
 
@@ -262,8 +262,7 @@ def test_the_score_orders_the_drop_below_the_base_across_replicates():
     assert knows[1]["kendall"] == knows[2]["kendall"] == 1.0 and knows[2]["replicates"] == 4
     assert summary["blind"]["drop"]["mean_over_n"] == -1.0 and summary["blind"]["drop"]["positive_n"] == 0
     assert summary["knows"]["drop"]["by_n"][1]["p"] == pytest.approx(1 / 12, abs=1e-6)   # exact: 2 of 4! orders
-    from transferability import estimator_report
-
+    from transferability.report import estimators as estimator_report
     header, rows = estimator_report.drop_table(summary, [1, 2])
     assert rows[0] == ["knows", "+1.00 (p 0.08)", "+1.00 (p 0.08)"]
 
@@ -281,13 +280,13 @@ def test_stored_scores_for_other_layers_are_one_line_naming_them_and_the_fix(syn
 def test_the_random_networks_are_read_where_features_dumps_every_one(params):
     """RnB's source at n is R{n}B's own random prefix (each RnB draws its own filters): ranking it among the
     sources needs a dump of each, so the estimators read them only where features.networks lists all of them."""
-    assert [j.network for j in runs.estimator_dumps(params, "random0", 0)] == ["baseA", "baseB"]
-    assert runs.other_sources(params, "B") == {"BnB": ["baseB"] * 7}
+    assert [j.network for j in plan.estimator_dumps(params, "random0", 0)] == ["baseA", "baseB"]
+    assert plan.other_sources(params, "B") == {"BnB": ["baseB"] * 7}
     params["features"]["networks"] += [f"R{n}B" for n in LAYERS[:-1]]   # R7B missing: not a source
-    assert "RnB" not in runs.other_sources(params, "B")
+    assert "RnB" not in plan.other_sources(params, "B")
     params["features"]["networks"].append("R7B")
-    assert runs.other_sources(params, "B")["RnB"] == [f"R{n}B" for n in LAYERS]
-    assert [j.network for j in runs.estimator_dumps(params, "random0", 0)] == ["baseA", "baseB"] + \
+    assert plan.other_sources(params, "B")["RnB"] == [f"R{n}B" for n in LAYERS]
+    assert [j.network for j in plan.estimator_dumps(params, "random0", 0)] == ["baseA", "baseB"] + \
         [f"R{n}B" for n in LAYERS]
 
 
@@ -298,7 +297,7 @@ def test_the_stage_scores_every_source_it_has_dumps_of(synthetic):
         write_dump(f"R{n}B", [rng.normal(size=(250, 6)) for _ in LAYERS], labels, is_train)
     params["features"]["networks"] += [f"R{n}B" for n in LAYERS]
     prediction.estimate(params, "random0", 0)
-    stored = json.loads((runs.estimates_dir("random0", 0) / "scores.json").read_text())["targets"]["B"]
+    stored = json.loads((plan.estimates_dir("random0", 0) / "scores.json").read_text())["targets"]["B"]
     assert set(stored["sources"]) == {"BnB", "RnB"} and stored["sources"]["RnB"]["networks"][4] == "R5B"
     assert stored["sources"]["BnB"]["scores"]["cka"] == [1.0] * 7   # the target's own base against itself
     assert len(stored["sources"]["RnB"]["scores"]["hscore"]) == 7

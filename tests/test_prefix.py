@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from transferability import stages
-from transferability.data import half_data
-from transferability.models import build_model
-from transferability.prefix import cache_bytes, cacheable, split_prefix
-from transferability.transfer import freeze_layers
+from transferability.data.loader import half_data
+from transferability.networks.models import build_model
+from transferability.networks.prefix import cache_bytes, cacheable, split_prefix
+from transferability.networks.transfer import freeze_layers
 
 SMALL = {"arch": "small", "width": 0.25, "init": "kaiming", "dropout": 0.5}
 

@@ -16,10 +16,12 @@ import pytest
 import yaml
 from PIL import Image
 
+from transferability import REFERENCE
 from transferability import params as tparams
+from transferability.data.images import decode_image
+from transferability.data.sources.imagefolder import ilsvrc_synsets, imagefolder
+from transferability.data.store import load_store, write_store
 from transferability.errors import UserError
-from transferability.sources import REFERENCE, decode_image, ilsvrc_synsets, imagefolder
-from transferability.store import load_store, write_store
 
 from .conftest import ENV, SMOKE
 

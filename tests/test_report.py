@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from transferability import study
 from transferability.errors import UserError
-from transferability.figures import FRONT_WIDTH_PX, figure2, figure2_replicates, findings_figures
-from transferability.findings import budget_check, evaluate
-from transferability.report import build_report, findings_markdown, intro
+from transferability.report.figures import FRONT_WIDTH_PX, figure2, figure2_replicates, findings_figures
+from transferability.report.page import build_report, findings_markdown, intro
+from transferability.report.tables import decomposition, summarise
 from transferability.runs import role
-from transferability.tables import decomposition, summarise
+from transferability.study import published as study
+from transferability.study.findings import budget_check, evaluate
 
 
 def row(family, n, acc, seed=0, target="B"):
@@ -81,7 +81,7 @@ def test_figure2_is_the_pooled_panel_alone_at_the_pages_width(tmp_path):
 
     import matplotlib.pyplot as plt
 
-    from transferability.figures import _pooled_panel
+    from transferability.report.figures import _pooled_panel
 
     from .test_findings import mirrored, runs
 
@@ -149,7 +149,7 @@ def test_the_page_and_the_pooled_panel_count_what_ran(params):
     """One replicate is one; a dissimilar split is named once, with its own seeds."""
     import matplotlib.pyplot as plt
 
-    from transferability.figures import _pooled_panel
+    from transferability.report.figures import _pooled_panel
 
     from .test_findings import mirrored, runs
 
@@ -173,10 +173,10 @@ def test_networks_that_did_not_learn_are_ringed_counted_and_named(tmp_path):
     count them per cell and in all, the page names them; a run with none says so."""
     import matplotlib.pyplot as plt
 
-    from transferability.architecture import ALEXNET_UNITS
-    from transferability.figures import _pooled_panel, _split_panel
-    from transferability.report import health_words
-    from transferability.tables import metrics_json, variant_table
+    from transferability.networks.architecture import ALEXNET_UNITS
+    from transferability.report.figures import _pooled_panel, _split_panel
+    from transferability.report.page import health_words
+    from transferability.report.tables import metrics_json, variant_table
 
     from .test_findings import runs
 

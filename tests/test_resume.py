@@ -90,7 +90,7 @@ def kill_group(proc: subprocess.Popen) -> int:
 REWRITER = """
 import sys, time, torch
 from pathlib import Path
-from transferability import checkpoints
+from transferability.files import checkpoints
 net = torch.nn.Linear(2, 2)
 opt, gen, end = torch.optim.SGD(net.parameters(), lr=0.1), torch.Generator(), time.monotonic() + float(sys.argv[2])
 while time.monotonic() < end:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from transferability.sgd import SGD
+from transferability.training.sgd import SGD
 
 
 def groups(params: list[torch.Tensor]) -> list[dict]:

@@ -8,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from transferability.data.shards import PIECE, fill_npy, key_folder, worker_pool
+from transferability.data.store import sha256_file
 from transferability.errors import UserError
-from transferability.shards import PIECE, fill_npy, key_folder, worker_pool
-from transferability.store import sha256_file
 
 
 def write_items(task: tuple[str, int, list[int]]) -> tuple[np.ndarray, list[tuple[int, str]]]:

@@ -14,7 +14,7 @@ import yaml
 from PIL import Image
 
 from transferability import params as tparams
-from transferability.sources import FASHION_MNIST_FILES
+from transferability.data.sources.fashion_mnist import FASHION_MNIST_FILES
 
 from .conftest import SMOKE, make_workspace, sh
 from .test_store import make_tree

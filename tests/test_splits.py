@@ -11,8 +11,8 @@ import pytest
 
 from transferability import params as tparams
 from transferability import runs, stages
+from transferability.data.splits import REFERENCE, check_split, make_split, random_half
 from transferability.errors import UserError
-from transferability.splits import REFERENCE, check_split, make_split, random_half
 
 from .conftest import ENV, ROOT
 

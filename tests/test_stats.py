@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from transferability.stats import Estimate, t_interval, verdict, welch_interval
+from transferability.study.stats import Estimate, t_interval, verdict, welch_interval
 
 
 def test_t_interval_matches_the_textbook():

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from transferability.data.sources.fashion_mnist import fashion_mnist
+from transferability.data.sources.imagefolder import imagefolder
+from transferability.data.store import NPY_HEADER, channel_hist, hist_stats, load_store, npy_header, write_store
 from transferability.errors import UserError
-from transferability.sources import fashion_mnist, imagefolder
-from transferability.store import NPY_HEADER, channel_hist, hist_stats, load_store, npy_header, write_store
 
 
 def test_fashion_mnist_store(fmnist_store):
@@ -99,8 +100,7 @@ def test_imagefolder_errors_name_the_file(tmp_path):
 
 
 def test_a_changed_store_file_is_refused_and_verified_ones_are_not_hashed_again(tmp_path, monkeypatch):
-    from transferability import store as store_module
-
+    from transferability.data import store as store_module
     make_tree(tmp_path / "src")
     write_store(tmp_path / "store", *imagefolder(tmp_path / "src", 16, 1, tmp_path / "work"))
     hashed = []
@@ -166,8 +166,7 @@ def test_prepare_and_any_number_of_training_jobs_hash_each_store_file_once(tmp_p
     """prepare hashes each file for the manifest and stamps the store as verified; before, the first
     job to open it hashed everything again (and four jobs starting at once, four times)."""
     from transferability import runs, stages
-    from transferability import store as store_module
-
+    from transferability.data import store as store_module
     monkeypatch.chdir(tmp_path)
     hashed = []
     real = store_module.sha256_file

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from transferability import runs, stages
-from transferability.data import HalfData, Rows, Streamed, batches, half_data, make_batch
-from transferability.store import load_store
+from transferability.data.loader import HalfData, Rows, Streamed, batches, half_data, make_batch
+from transferability.data.store import load_store
 
 
 def sliced_crops(x: torch.Tensor, data: HalfData, crop: int, gen: torch.Generator) -> torch.Tensor:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.svm import LinearSVC
 
-from transferability.embedding import discretise
-from transferability.svm import LinearSVM
+from transferability.features.embedding import discretise
+from transferability.features.svm import LinearSVM
 
 
 def objective(coef: np.ndarray, intercept: np.ndarray, x: np.ndarray, labels: np.ndarray, classes: np.ndarray,

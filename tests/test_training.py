@@ -11,10 +11,11 @@ import pytest
 import torch
 import yaml
 
-from transferability import health, stages
-from transferability.data import chunks
+from transferability import stages
+from transferability.data.loader import chunks
 from transferability.errors import UserError
-from transferability.training import Window, eval_steps, k_best, lr_at, seconds_file
+from transferability.training import health
+from transferability.training.loop import Window, eval_steps, k_best, lr_at, seconds_file
 
 from .conftest import ENV
 
@@ -118,7 +119,7 @@ def test_compiling_gives_a_short_last_batch_its_own_static_graph(dynamic):
     import torch
     from torch._dynamo.testing import EagerAndRecordGraphs
 
-    from transferability.training import compiled
+    from transferability.training.loop import compiled
 
     torch._dynamo.reset()
     backend = EagerAndRecordGraphs()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from transferability.data import half_data
+from transferability.data.loader import half_data
+from transferability.data.splits import make_split
+from transferability.networks.transfer import layer_prefix, make_network
 from transferability.runs import Network
-from transferability.splits import make_split
-from transferability.training import train
-from transferability.transfer import layer_prefix, make_network
+from transferability.training.loop import train
 
 LAYERS = range(1, 9)
 

@@ -7,11 +7,11 @@ import errno
 import signal
 import sys
 
-from . import params as params_mod
-from . import runs, stages
-from .allocator import keep_freed_memory
-from .devices import usable_cores
-from .errors import UserError
+from transferability import params as params_mod
+from transferability import runs, stages
+from transferability.errors import UserError
+from transferability.training.allocator import keep_freed_memory
+from transferability.training.devices import usable_cores
 
 DISK_ERRORS = {
     errno.ENOSPC: "free some space on that disk and run the stage again",
@@ -106,15 +106,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.stage in ("features", "embed"):
             getattr(stages, args.stage)(params, args.split, args.seed, args.network, args.target)
         elif args.stage == "estimate":
-            from .prediction import estimate
+            from transferability.estimators.prediction import estimate
 
             estimate(params, args.split, args.seed)
         elif args.stage == "estimators":
-            from .estimator_report import compare
+            from transferability.report.estimators import compare
 
             compare(params)
         elif args.stage == "report":
-            from .report import build_report
+            from transferability.report.page import build_report
 
             build_report(params)
     except Interrupted as exc:

@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 
-from .architecture import family
-from .data import input_size
-from .features import TORCHVISION_SIDE, LayerTaps, torchvision_alexnet_taps
-from .runs import FeatureJob, Network, prepared_path, split_path
-from .sources import source_of
+from transferability.data.loader import input_size
+from transferability.data.sources import source_of
+from transferability.features.activations import TORCHVISION_SIDE, LayerTaps, torchvision_alexnet_taps
+from transferability.networks.architecture import family
+from transferability.runs import FeatureJob, Network, prepared_path, split_path
 
 RUNTIME = 850 * 2**20     # measured 813 MiB: a job that has imported its modules (torch 2.14, CPU)
 CUDA_RUNTIME = 3 * 2**30  # host side of the CUDA context, cuBLAS and cuDNN: to be measured on a GPU
@@ -91,8 +91,8 @@ def _torchvision_shapes(arch: str) -> dict[str, int]:
 def _built_shapes(model_json: str, channels: int, side: int, classes: int, frozen: int) -> dict[str, int]:
     """The same for any family, built on ``meta`` (no memory, no weights): its leaf modules' outputs,
     every unit's tap and the frozen head's output (prefix.split_prefix)."""
-    from .features import unit_taps
-    from .prefix import split_prefix
+    from transferability.features.activations import unit_taps
+    from transferability.networks.prefix import split_prefix
 
     with torch.device("meta"):
         model = json.loads(model_json)

@@ -10,8 +10,6 @@ types and out-of-range values; ``check`` adds the rules a schema cannot express 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -19,10 +17,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-from . import atomic, runs
-from .architecture import family, network_input, smallest_input, takes, transferable, unit_names
-from .errors import UserError
-from .sources import source_of
+from transferability import runs
+from transferability.data.sources import source_of
+from transferability.errors import UserError
+from transferability.files import atomic
+from transferability.networks.architecture import family, network_input, smallest_input, takes, transferable, unit_names
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 
@@ -170,8 +169,9 @@ def check_inputs(params: dict[str, Any], source: str = "params") -> None:
 
 def check_estimators(params: dict[str, Any], source: str) -> None:
     """The estimators need a fan-out to predict, n to rank, and the dumps they read."""
-    from .estimators import own_base_readers
-    from .runs import OTHER_HALF, transfer_targets
+    from transferability.estimators.plan import transfer_targets
+    from transferability.estimators.scores import own_base_readers
+    from transferability.runs import OTHER_HALF
 
     methods, layers = params["estimators"]["methods"], params["experiment"]["layers"]
     targets = transfer_targets(params)
@@ -308,14 +308,3 @@ def write_resolved(params: dict[str, Any], source: str | Path, out: str | Path) 
     if Path(out).resolve() == Path(source).resolve():
         raise UserError(f"resolve --out {out} would overwrite the file it reads; write another file")
     atomic.write_text(out, resolved_text(params, source))
-
-
-def digest(obj: Any) -> str:
-    """A stable short hash of any JSON-able value: equal configurations give equal digests."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def source_digest() -> str:
-    """A digest of the package's own code: a checkpoint written by other code is never resumed."""
-    package = Path(__file__).parent
-    return digest([[f.name, hashlib.sha256(f.read_bytes()).hexdigest()] for f in sorted(package.glob("*.py"))])

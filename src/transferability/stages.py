@@ -18,13 +18,15 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from . import checkpoints, progress, runs
-from .architecture import transferable
-from .atomic import atomic_dir, atomic_path, ensure_writable, write_json, write_text
-from .data import Rows, half_data, input_size, normalisation
-from .devices import setup
-from .errors import UserError
-from .features import (
+from transferability import progress, runs
+from transferability.data.loader import Rows, half_data, input_size, normalisation
+from transferability.data.shards import join_npy, sharded_rows
+from transferability.data.sources import read_source
+from transferability.data.sources.imagefolder import ilsvrc_synsets, labels_file
+from transferability.data.splits import check_split, make_split, read_listing, study_lists
+from transferability.data.store import load_store, save_npy, sha256_file, stamp_verified, write_store
+from transferability.errors import UserError
+from transferability.features.activations import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     TORCHVISION_SIDE,
@@ -35,15 +37,15 @@ from .features import (
     torchvision_alexnet_taps,
     unit_taps,
 )
-from .models import build_model
-from .params import digest, source_digest
-from .runs import FeatureJob, Network
-from .shards import join_npy, sharded_rows
-from .sources import ilsvrc_synsets, labels_file, read_source
-from .splits import check_split, make_split, read_listing, study_lists
-from .store import load_store, save_npy, sha256_file, stamp_verified, write_store
-from .training import train, versions
-from .transfer import make_network
+from transferability.files import checkpoints
+from transferability.files.atomic import atomic_dir, atomic_path, ensure_writable, write_json, write_text
+from transferability.networks.architecture import transferable
+from transferability.networks.models import build_model
+from transferability.networks.transfer import make_network
+from transferability.provenance import digest, source_digest, versions
+from transferability.runs import FeatureJob, Network
+from transferability.training.devices import setup
+from transferability.training.loop import train
 
 
 def prepare(params: dict[str, Any]) -> Path:
@@ -205,7 +207,7 @@ def _train_held(params: dict[str, Any], network: Network) -> Network:
 def _import_pretrained(params: dict[str, Any], network: Network) -> Network:
     """A base that is a weights file on disk (model.pretrained): its units as model.pt, nothing trained.
     Its metrics say where it came from; it has no top-1 on our halves (its classifier is the file's)."""
-    from .backbones import load_pretrained
+    from transferability.networks.backbones import load_pretrained
 
     weights = Path(params["model"]["pretrained"][network.target])
     store = load_store(runs.prepared_path(params))
@@ -319,7 +321,10 @@ def features(params: dict[str, Any], split_name: str, seed: int, network: str, t
 
 def embed(params: dict[str, Any], split_name: str, seed: int, network: str, target: str) -> Path:
     """Full-Network Embedding, single-layer baselines and per-layer probes on one feature dump."""
-    from .embedding import evaluate_all, target_splits  # scipy's linalg: 0.3 s that no other stage needs
+    from transferability.features.embedding import (  # scipy's linalg: 0.3 s that no other stage needs
+        evaluate_all,
+        target_splits,
+    )
 
     job = FeatureJob(split_name, seed, network, target)
     src = job.dir

@@ -4,7 +4,10 @@ import sys
 from pathlib import Path
 
 from transferability import params as tparams
-from transferability import runs, sources
+from transferability import provenance
+from transferability import runs
+from transferability.data import sources
+from transferability.estimators import plan
 from transferability.errors import UserError
 
 
@@ -76,7 +79,7 @@ def source_fingerprint(wildcards):
 
 def params_digest(*sections):
     """A rule's `params:` value, so Snakemake re-runs a job whose params sections changed."""
-    return tparams.digest({s: P.get(s) for s in sections})
+    return provenance.digest({s: P.get(s) for s in sections})
 
 
 def all_metrics():
@@ -118,20 +121,19 @@ def estimator_outputs():
 
 def estimator_dumps(wildcards):
     """The estimate rule's input: the feature dumps one replicate's estimators read."""
-    jobs = runs.estimator_dumps(P, wildcards.split, int(wildcards.seed))
+    jobs = plan.estimator_dumps(P, wildcards.split, int(wildcards.seed))
     return [str(job.dir / name) for job in jobs for name in runs.FEATURE_FILES]
 
 
 def all_estimates():
     exp = P["experiment"]
-    return [str(runs.estimates_dir(split, seed) / name) for split in exp["splits"] for seed in exp["seeds"]
+    return [str(plan.estimates_dir(split, seed) / name) for split in exp["splits"] for seed in exp["seeds"]
             for name in runs.ESTIMATE_FILES]
 
 
 def train_mem_mb(wildcards):
     """A training job's memory request (MiB): what it holds at its peak, from params, the store and the split."""
     from transferability import memory  # imports torch: only once Snakemake plans a job
-
     n = int(wildcards.n) if hasattr(wildcards, "n") else None
     return memory.train_mb(P, runs.Network(wildcards.split, int(wildcards.seed), wildcards.variant, n))
 
@@ -139,7 +141,6 @@ def train_mem_mb(wildcards):
 def features_mem_mb(wildcards):
     """A features job's memory request (MiB): the network, a batch and a shard of its dump."""
     from transferability import memory
-
     return memory.features_mb(P, runs.FeatureJob(wildcards.split, int(wildcards.seed), wildcards.network,
                                                  wildcards.target))
 

@@ -26,7 +26,7 @@ rule split:
         "data/logs/split/{split}.log",
     params:
         file=PARAMS_FILE,
-        digest=lambda wildcards: tparams.digest(P["splits"][wildcards.split]),
+        digest=lambda wildcards: provenance.digest(P["splits"][wildcards.split]),
     resources:
         runtime=5,
     conda:

@@ -12,7 +12,7 @@ rule estimate:
         "data/benchmarks/estimate/{split}/seed{seed}.tsv"
     params:
         file=PARAMS_FILE,
-        digest=tparams.digest([P["estimators"], P.get("embed"), P["experiment"]["variants"], P["experiment"]["layers"]]),
+        digest=provenance.digest([P["estimators"], P.get("embed"), P["experiment"]["variants"], P["experiment"]["layers"]]),
     threads: THREADS
     resources:
         mem_mb=4000,

@@ -1,5 +1,5 @@
 # Training jobs ask for gpu=1 when the device is a GPU; each then claims a free card itself
-# with a per-card flock (src/transferability/devices.py).
+# with a per-card flock (src/transferability/training/devices.py).
 
 
 rule train_base:

@@ -1,0 +1,1 @@
+"""Data: dataset sources read into the store, the store itself, class splits, batches, resumable shards."""

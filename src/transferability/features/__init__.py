@@ -1,0 +1,1 @@
+"""Features: per-layer activations of trained networks, the Full-Network Embedding, and its linear SVM."""
