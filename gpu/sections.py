@@ -1,5 +1,5 @@
 """The GPU check kit's sections: each proves one part of the GPU path through the real pipeline and
-returns what it saw, as plain data for benchmarks/gpu_check.py's JSON and Markdown table.
+returns what it saw, as plain data for gpu/check.py's JSON and Markdown table.
 
 - ``device``: what the kit ran on;
 - ``smoke``: the smoke experiment trained through the CLI stages in DAG order on the device (as
@@ -15,7 +15,7 @@ returns what it saw, as plain data for benchmarks/gpu_check.py's JSON and Markdo
   the streamed net, the loader alone and the step alone beside the loop, and which one bounds it.
 
 Work that may crash, hang or overrun runs in a process of its own, started as
-``python gpu_sections.py <worker> <config.json> <result.json>``: each throughput configuration,
+``python gpu/sections.py <worker> <config.json> <result.json>``: each throughput configuration,
 the prepare measurement, and (``locked-train``, CPU runs only) a train stage behind the per-card
 lock, which a CUDA job takes itself and a CPU job never does.
 """
@@ -47,9 +47,10 @@ from transferability import runs
 from transferability.runs import Network
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"  # common.py and prepare.py, which the workers reuse
 PROFILES = ROOT / "workflow" / "params"
 CLAIMED = "claimed GPU"  # how a training job says it holds a card (devices.resolve_device)
-# Accuracies on the device against the CPU (smoke section), from benchmarks/gpu_tolerance.py: how far
+# Accuracies on the device against the CPU (smoke section), from gpu/tolerance.py: how far
 # rounding alone moved the smoke experiment's 46 k-best accuracies on the CPU (200 test images a
 # network: 0.005 an image; 14 SGD steps, after which a small change in the weights moves the images
 # near a decision boundary). Per network, on the mean |difference|, and on the signed mean, where a
@@ -459,7 +460,7 @@ def kill_and_resume(kit: Kit, ws: Path, nets: list[Network]) -> dict[str, Any]:
 
 
 def run_worker(kit: Kit, name: str, config: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """``python gpu_sections.py <name> config.json result.json``; its result, or why there is none."""
+    """``python gpu/sections.py <name> config.json result.json``; its result, or why there is none."""
     folder = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=kit.work))
     (folder / "config.json").write_text(json.dumps(config))
     cmd = [sys.executable, __file__, name, str(folder / "config.json"), str(folder / "result.json")]
@@ -653,7 +654,7 @@ def throughput_worker(config: dict[str, Any]) -> dict[str, Any]:
     device), so the report says which side bounds the loop."""
     import torch
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(BENCHMARKS))
     from common import default_half
 
     from transferability.data import Streamed, half_data, input_size
@@ -735,7 +736,7 @@ def prepare_worker(config: dict[str, Any]) -> dict[str, Any]:
     """benchmarks/prepare.py's photo-like JPEGs (its ``imagenet`` mix: 1 in 8 of 800-1600 px), written
     once for 4 classes and hard-linked into ``copies`` times as many class folders (every file is
     decoded in full; the page cache holds them all), then its ``prepare_in``: the prepare stage."""
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(BENCHMARKS))
     from prepare import prepare_in, write_fixture
 
     root = Path(config["root"])
