@@ -223,7 +223,8 @@ def main() -> int:
         print(f"error: set-up failed: {exc}", file=sys.stderr)
         return 1
     sys.path.insert(0, str(Path(__file__).parent))  # the sections beside this file, importable after set-up
-    from sections import SECTIONS, Kit
+    from kit import Kit
+    from sections import SECTIONS
 
     kit = Kit(device=mode, work=work, deadline=0.0, env=env, fmnist=fmnist)
     end = t0 + budget

@@ -55,6 +55,7 @@ sys.argv = sys.argv[1:]
 if sys.argv[0] == "cli":
     from transferability.cli import main
     sys.exit(main(sys.argv[1:]))
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # as `python script.py` does: its folder first
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
@@ -196,11 +197,11 @@ def test_the_kit_sets_torch_up_as_a_training_job_does(tmp_path):
     """A throughput row's torch settings when training starts, in the kit's worker and in a training
     job of the same compute run by the CLI (the train stage's own path): the same. The kit once set
     threads and the device itself and left float32 convolutions in torch's default TF32."""
-    shared, measurements = kit_module("sections"), kit_module("sections")
+    shared, measurements = kit_module("kit"), kit_module("measurements")
     kit = shared.Kit(device="cpu", work=tmp_path, deadline=0.0, env=ENV, fmnist=Path(FMNIST))
     config = next(c for c in measurements.throughput_configs(kit) if (c["net"], c["precision"]) == ("small", "float32"))
     (tmp_path / "config.json").write_text(json.dumps(config))
-    worker = [str(GPU / "sections.py"), "throughput-worker", str(tmp_path / "config.json"),
+    worker = [str(shared.WORKER), "throughput-worker", str(tmp_path / "config.json"),
               str(tmp_path / "result.json")]
     kit_seen = hooked(tmp_path, "kit", worker)
 
@@ -228,7 +229,7 @@ def test_the_streamed_row_measures_the_loader_and_the_step_apart(tmp_path):
     """CaffeNet streamed from the kit's prepared store: the loader alone, the step alone and the loop
     over the same batches, the slower side named as the bound, in the JSON's row, the checks and the
     Markdown."""
-    shared, measurements, check = kit_module("sections"), kit_module("sections"), kit_module("check")
+    shared, measurements, check = kit_module("kit"), kit_module("measurements"), kit_module("check")
     kit = shared.Kit(device="cpu", work=tmp_path, deadline=time.monotonic() + 900, env=ENV, fmnist=Path(FMNIST))
     kit.results["prepare"] = measurements.prepare(kit)
     config = measurements.throughput_configs(kit)[0]
