@@ -12,10 +12,10 @@ SLURM := /usr/sbin/slurmctld
 BROWSER := /usr/bin/chromedriver
 CORES ?= all
 
-# The GPU check kit (docs/gpu.md): `make gpu-kit` packs into .gpukit/ what it needs on a bare GPU machine
-# (wheels for Python 3.12, a Fashion-MNIST subset, the commit); `make gpu-check` runs it here, with the
-# venv's Python if there is one (a GPU machine's own python3 otherwise): OUT=folder, GPU_CHECK=--cpu
-# for the tiny CPU run.
+# The GPU check kit (gpu/, docs/gpu.md): `make gpu-kit` packs into .gpukit/ what it needs on a bare GPU
+# machine (wheels for Python 3.12, a Fashion-MNIST subset, the commit); `make gpu-check` runs gpu/check.py
+# here, with the venv's Python if there is one (a GPU machine's own python3 otherwise): OUT=folder,
+# GPU_CHECK=--cpu for the tiny CPU run.
 GPU_PY = $(if $(wildcard $(PY)),$(PY),python3)
 OUT ?= data/gpu-check
 
@@ -60,13 +60,13 @@ test: setup test-tools
 	pytest
 
 gpu-kit: setup $(FMNIST)
-	$(PY) benchmarks/gpu_pack.py
+	$(PY) gpu/pack.py
 
 gpu-check:
-	$(GPU_PY) benchmarks/gpu_check.py --out $(OUT) $(GPU_CHECK)
+	$(GPU_PY) gpu/check.py --out $(OUT) $(GPU_CHECK)
 
 lint: setup
-	ruff check src tests benchmarks
+	ruff check src tests benchmarks gpu
 	snakemake --lint
 
 clean:

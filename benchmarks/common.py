@@ -34,11 +34,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 keep_freed_memory()  # as the CLI does for every stage: benchmarks measure what the stages run
 
 
-def parser(doc: str) -> argparse.ArgumentParser:
+def parser(doc: str, result: Path | None = None) -> argparse.ArgumentParser:
+    """The options every benchmark takes; ``result``: where its result goes, if not in benchmarks/results/."""
     p = argparse.ArgumentParser(description=doc)
     p.add_argument("--params", default=str(ROOT / "params.yaml"), help="params file (default: the project's)")
     p.add_argument("--quick", action="store_true", help="a few steps only: checks the script, not the machine")
-    p.add_argument("--out", default=None, help="result file (default: benchmarks/results/<name>.json)")
+    where = result.relative_to(ROOT) if result else "benchmarks/results/<name>.json"
+    p.add_argument("--out", default=None if result is None else str(result), help=f"result file (default: {where})")
     return p
 
 

@@ -1,9 +1,10 @@
-"""The GPU check kit (benchmarks/gpu_check.py) runs without a GPU exactly as the README shows it, and
+"""The GPU check kit (gpu/check.py) runs without a GPU exactly as the README shows it, and
 its report holds every check: so the kit cannot rot between the rare runs on a GPU."""
 
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 import re
 import shutil
@@ -22,7 +23,8 @@ from transferability import params as tparams
 
 from .conftest import ENV, ROOT
 
-PROJECT = ["Snakefile", "params.yaml", "workflow", "src", "benchmarks"]
+PROJECT = ["Snakefile", "params.yaml", "workflow", "src", "benchmarks", "gpu"]
+GPU = ROOT / "gpu"
 FMNIST = "/usr/share/datasets/fashion-mnist"
 # Run as `python HOOK <script.py | cli> args...`: torch's settings written to $SETTINGS_DUMP, one JSON
 # line each time training.train starts, then the script (or the CLI) run as usual. Patched before the
@@ -52,23 +54,23 @@ sys.argv = sys.argv[1:]
 if sys.argv[0] == "cli":
     from transferability.cli import main
     sys.exit(main(sys.argv[1:]))
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # as `python script.py` does: its folder first
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def gpu_sections():
-    """benchmarks/gpu_sections.py, imported as the kit imports it."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+def kit_module(name: str):
+    """gpu/<name>.py, imported as the kit imports its modules: from its own folder on the path."""
+    sys.path.insert(0, str(GPU))
     try:
-        import gpu_sections
+        return importlib.import_module(name)
     finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return gpu_sections
+        sys.path.remove(str(GPU))
 
 
 def readme_command() -> str:
     """The README's line that runs the kit on the CPU, without its comment."""
-    line = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if "gpu_check.py --cpu" in ln)
+    line = next(ln for ln in (ROOT / "README.md").read_text().splitlines() if "gpu/check.py --cpu" in ln)
     return line.split("#")[0].strip()
 
 
@@ -80,7 +82,7 @@ def test_gpu_check_runs_on_the_cpu_as_the_readme_shows(tmp_path):
         copy(src, tmp_path / name, **({"ignore": shutil.ignore_patterns("__pycache__", "*.egg-info", "results")}
                                        if src.is_dir() else {}))
     command = readme_command()
-    assert command == "python benchmarks/gpu_check.py --cpu --out data/gpu-check"
+    assert command == "python gpu/check.py --cpu --out data/gpu-check"
     proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "data" / "gpu-check"
@@ -144,7 +146,7 @@ def test_gpu_check_runs_on_the_cpu_as_the_readme_shows(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the kit would run in full")
 def test_gpu_check_without_a_gpu_says_why_and_still_writes_its_report(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(GPU / "check.py"), "--out", str(tmp_path)],
                           env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("error: the GPU check found problems: device")
@@ -160,22 +162,18 @@ def test_gpu_check_without_a_gpu_says_why_and_still_writes_its_report(tmp_path):
 
 
 def test_gpu_pack_writes_the_default_images_per_class_as_idx(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from gpu_pack import PER_CLASS, write_fashion_mnist
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    pack = kit_module("pack")
     from transferability.data.sources.fashion_mnist import fashion_mnist
 
-    write_fashion_mnist(tmp_path / "fm")
+    pack.write_fashion_mnist(tmp_path / "fm")
     images, labels, classes, _ = fashion_mnist(tmp_path / "fm")
     full_images, full_labels, _, _ = fashion_mnist("/usr/share/datasets/fashion-mnist")
-    for part, per_class in PER_CLASS.items():
+    for part, per_class in pack.PER_CLASS.items():
         assert np.bincount(labels[part]).tolist() == [per_class] * 10
         first = np.flatnonzero(full_labels[part] == 3)[:per_class]  # the first images of a class, in order
         assert np.array_equal(images[part][labels[part] == 3], full_images[part][first])
     again = tmp_path / "again"
-    write_fashion_mnist(again)
+    pack.write_fashion_mnist(again)
     for f in (tmp_path / "fm").iterdir():
         assert f.read_bytes() == (again / f.name).read_bytes()  # no timestamp in the gzip header
         assert gzip.open(f).read(4)[:2] == b"\0\0"
@@ -198,11 +196,11 @@ def test_the_kit_sets_torch_up_as_a_training_job_does(tmp_path):
     """A throughput row's torch settings when training starts, in the kit's worker and in a training
     job of the same compute run by the CLI (the train stage's own path): the same. The kit once set
     threads and the device itself and left float32 convolutions in torch's default TF32."""
-    sections = gpu_sections()
-    kit = sections.Kit(device="cpu", work=tmp_path, deadline=0.0, env=ENV, fmnist=Path(FMNIST))
-    config = next(c for c in sections.throughput_configs(kit) if (c["net"], c["precision"]) == ("small", "float32"))
+    shared, measurements = kit_module("kit"), kit_module("measurements")
+    kit = shared.Kit(device="cpu", work=tmp_path, deadline=0.0, env=ENV, fmnist=Path(FMNIST))
+    config = next(c for c in measurements.throughput_configs(kit) if (c["net"], c["precision"]) == ("small", "float32"))
     (tmp_path / "config.json").write_text(json.dumps(config))
-    worker = [str(ROOT / "benchmarks" / "gpu_sections.py"), "throughput-worker", str(tmp_path / "config.json"),
+    worker = [str(shared.WORKER), "throughput-worker", str(tmp_path / "config.json"),
               str(tmp_path / "result.json")]
     kit_seen = hooked(tmp_path, "kit", worker)
 
@@ -215,7 +213,7 @@ def test_the_kit_sets_torch_up_as_a_training_job_does(tmp_path):
     ws = tmp_path / "job"
     ws.mkdir()
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
-    job = ["cli", "--params", "params.yaml", *sections.job_threads(ws)]
+    job = ["cli", "--params", "params.yaml", *shared.job_threads(ws)]
     for stage in (["prepare"], ["split", "--split", "random0"]):
         hooked(tmp_path, "job", [*job, *stage])
     (job_seen,) = hooked(tmp_path, "job", [*job, "train", "--split", "random0", "--seed", "0", "--variant", "baseB"])
@@ -230,19 +228,14 @@ def test_the_streamed_row_measures_the_loader_and_the_step_apart(tmp_path):
     """CaffeNet streamed from the kit's prepared store: the loader alone, the step alone and the loop
     over the same batches, the slower side named as the bound, in the JSON's row, the checks and the
     Markdown."""
-    sections = gpu_sections()
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    kit = sections.Kit(device="cpu", work=tmp_path, deadline=time.monotonic() + 900, env=ENV, fmnist=Path(FMNIST))
-    kit.results["prepare"] = sections.prepare(kit)
-    config = sections.throughput_configs(kit)[0]
+    shared, measurements, check = kit_module("kit"), kit_module("measurements"), kit_module("check")
+    kit = shared.Kit(device="cpu", work=tmp_path, deadline=time.monotonic() + 900, env=ENV, fmnist=Path(FMNIST))
+    kit.results["prepare"] = measurements.prepare(kit)
+    config = measurements.throughput_configs(kit)[0]
     assert (config["net"], config["precision"], config["compile"], config["batch"]) == ("caffenet", "float32",
                                                                                        False, 8)
     row = {"net": "caffenet", "precision": "float32", "compile": False,
-           **sections.run_worker(kit, "throughput-worker", config, 600)}
+           **shared.run_worker(kit, "throughput-worker", config, 600)}
     assert row["status"] == "ok", row.get("error")
     assert row["streamed"] and row["train_images"] == 16 and row["epochs"] == 1
     assert row["loader_batches"] == row["steps"] == row["step_steps"] == 2  # the same batches, each way
@@ -258,8 +251,8 @@ def test_the_streamed_row_measures_the_loader_and_the_step_apart(tmp_path):
     assert row["torch_settings"]["conv_fp32_precision"] == "ieee"  # float32 as a job's: not torch's TF32
 
     sections_ = {"throughput": {"status": "ok", "configs": [row]}}
-    report = {"sections": sections_, "date": "today", "commit": "HEAD", "command": "python3 benchmarks/gpu_check.py",
-              "elapsed_s": 1.0, "budget_s": 450, "finished": True, "checks": gpu_check.checks(sections_)}
+    report = {"sections": sections_, "date": "today", "commit": "HEAD", "command": "python3 gpu/check.py",
+              "elapsed_s": 1.0, "budget_s": 450, "finished": True, "checks": check.checks(sections_)}
     assert report["checks"]["streamed_bound"] == row["verdict"]
-    md = gpu_check.markdown(report)
+    md = check.markdown(report)
     assert "### Loader against step" in md and f"| {row['verdict']} |" in md

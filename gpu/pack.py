@@ -1,9 +1,9 @@
 """Pack what the GPU check kit needs on a bare GPU machine into ``.gpukit/`` (git-ignored), which travels
 with the working tree: ``make gpu-kit``, or
 
-    python benchmarks/gpu_pack.py
+    python gpu/pack.py
 
-- ``wheels/``: the wheels of benchmarks/gpu_requirements.txt for CPython 3.12 on manylinux x86_64
+- ``wheels/``: the wheels of gpu/requirements.txt for CPython 3.12 on manylinux x86_64
   (jsonschema, Snakemake and what they need that the target image lacks), one version of each;
 - ``fashion-mnist/``: the first 600 training and 500 test images of every Fashion-MNIST class from
   Debian's ``dataset-fashion-mnist``, in its IDX format: what the smoke profile and the default net's
@@ -27,7 +27,7 @@ from transferability.data.loader import select
 from transferability.data.sources.fashion_mnist import FASHION_MNIST_FILES, read_idx
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUIREMENTS = ROOT / "benchmarks" / "gpu_requirements.txt"
+REQUIREMENTS = Path(__file__).with_name("requirements.txt")
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 PER_CLASS = {"train": 600, "test": 500}  # params.yaml's train / evaluate images_per_class
 # The manylinux tags pip must be told one by one (it matches each exactly) for the target's glibc.
@@ -81,7 +81,8 @@ def commit() -> str:
     def git(*a: str) -> str:
         return subprocess.run(["git", "-C", str(ROOT), *a], capture_output=True, text=True).stdout.strip()
 
-    return git("rev-parse", "HEAD") + ("+changes" if git("status", "--porcelain", "--", "src", "benchmarks") else "")
+    changed = git("status", "--porcelain", "--", "src", "gpu", "benchmarks")
+    return git("rev-parse", "HEAD") + ("+changes" if changed else "")
 
 
 def main() -> None:

@@ -2,17 +2,18 @@
 writes what it saw to DIR/gpu_check.json and DIR/gpu_check.md (DIR/gpu_check_logs.tar.gz: every
 job's log).
 
-    python3 benchmarks/gpu_check.py                    # on a CUDA machine: DIR is $OUT
-    python3 benchmarks/gpu_check.py --out DIR          # ... or DIR
-    python benchmarks/gpu_check.py --cpu --out DIR     # every check at tiny sizes on the CPU
+    python3 gpu/check.py                    # on a CUDA machine: DIR is $OUT
+    python3 gpu/check.py --out DIR          # ... or DIR
+    python gpu/check.py --cpu --out DIR     # every check at tiny sizes on the CPU
 
 A bare machine (Python 3.12 with torch, no Snakemake, no network) needs ``.gpukit/`` in this checkout
 (``make gpu-kit``): where jsonschema or Snakemake is missing the kit first installs the wheels carried
 there (``pip install --no-index --no-deps --target``), then runs the package from src/ (PYTHONPATH, no
-install) behind a ``transferability`` command of its own. The sections (benchmarks/gpu_sections.py)
-run in order under one time budget; a section that fails is recorded with its error and the kit goes
-on. The report is rewritten after every section, so a kill leaves what was done. Only the standard
-library is imported before the set-up: on a bare machine nothing else may be there yet.
+install) behind a ``transferability`` command of its own. The sections (gpu/sections.py, from the
+modules beside it) run in order under one time budget; a section that fails is recorded with its
+error and the kit goes on. The report is rewritten after every section, so a kill leaves what was
+done. Only the standard library is imported before the set-up: on a bare machine nothing else may be
+there yet.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 KIT = ROOT / ".gpukit"  # what `make gpu-kit` packs: wheels/, fashion-mnist/, COMMIT
-NEEDED = ("jsonschema", "snakemake")  # what the GPU machine's image lacks (gpu_requirements.txt)
+NEEDED = ("jsonschema", "snakemake")  # what the GPU machine's image lacks (gpu/requirements.txt)
 FMNIST = [Path("/usr/share/datasets/fashion-mnist"), KIT / "fashion-mnist"]
 # The device tool allows 10 minutes a call and the issue 8 for the kit: its sections stop by 7.5.
 # A CPU run has no such limit; its budget only stops a hung run (a loaded 2-core machine took 20 min).
@@ -74,7 +75,7 @@ def commit() -> str:
     """This checkout's commit; where the copied tree has no .git, the one `make gpu-kit` packed."""
     proc = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     if proc.returncode == 0 and proc.stdout.strip():
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src", "benchmarks"],
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src", "gpu", "benchmarks"],
                                capture_output=True, text=True).stdout.strip()
         return proc.stdout.strip() + ("+changes" if dirty else "")
     packed = KIT / "COMMIT"
@@ -221,10 +222,11 @@ def main() -> int:
         write(out, report, t0)
         print(f"error: set-up failed: {exc}", file=sys.stderr)
         return 1
-    sys.path.insert(0, str(Path(__file__).parent))
-    import gpu_sections
+    sys.path.insert(0, str(Path(__file__).parent))  # the sections beside this file, importable after set-up
+    from kit import Kit
+    from sections import SECTIONS
 
-    kit = gpu_sections.Kit(device=mode, work=work, deadline=0.0, env=env, fmnist=fmnist)
+    kit = Kit(device=mode, work=work, deadline=0.0, env=env, fmnist=fmnist)
     end = t0 + budget
     for name in CAPS_S:
         kit.deadline = end if args.cpu else min(end, time.monotonic() + CAPS_S[name])
@@ -236,7 +238,7 @@ def main() -> int:
             continue
         print(f"[{started - t0:5.0f} s] {name} ...", flush=True)
         try:
-            result = gpu_sections.SECTIONS[name](kit)
+            result = SECTIONS[name](kit)
             record = {"status": "skipped" if "skipped" in result else "ok",
                       "seconds": round(time.monotonic() - started, 1), **result}
         except Exception as exc:  # noqa: BLE001 - recorded; the next section runs

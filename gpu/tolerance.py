@@ -13,7 +13,7 @@ for accuracies within a tolerance. Two perturbations of the same size as a GPU's
 The whole smoke experiment is trained under each and against plain float32, and every network's
 k-best accuracy compared (200 test images: 0.005 an image). Stages run in this process.
 
-    python benchmarks/gpu_tolerance.py          # -> benchmarks/results/gpu_tolerance.json
+    python gpu/tolerance.py          # -> gpu/results/tolerance.json
 """
 
 from __future__ import annotations
@@ -21,13 +21,18 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from common import ROOT, load_params, parser, save, table
 
 from transferability import runs, stages
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # what every benchmark shares
+from common import ROOT, load_params, parser, save, table  # noqa: E402
+
+RESULT = Path(__file__).with_name("results") / "tolerance.json"
 
 # name: (compute settings, oneDNN on)
 RUNS = {"float32": ({}, True), "float32, no oneDNN": ({}, False), "bfloat16": ({"precision": "bfloat16"}, True)}
@@ -53,7 +58,7 @@ def train_all(params: dict, folder: Path) -> dict[str, dict]:
 
 
 def main() -> None:
-    p = parser(__doc__)
+    p = parser(__doc__, RESULT)
     p.set_defaults(params=str(ROOT / "workflow" / "params" / "smoke.yaml"))
     args = p.parse_args()
     params = load_params(args.params, False)
