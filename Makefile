@@ -19,7 +19,7 @@ CORES ?= all
 GPU_PY = $(if $(wildcard $(PY)),$(PY),python3)
 OUT ?= data/gpu-check
 
-.PHONY: setup test-tools run test lint clean gpu-kit gpu-check
+.PHONY: setup test-tools run test quick lint clean gpu-kit gpu-check
 
 setup: $(VENV)/.installed $(FMNIST)
 
@@ -58,6 +58,10 @@ endif
 
 test: setup test-tools
 	pytest
+
+# The inner loop while editing code: every test but the end-to-end ones marked slow.
+quick: setup test-tools
+	pytest -q -m "not slow"
 
 gpu-kit: setup $(FMNIST)
 	$(PY) gpu/pack.py

@@ -25,12 +25,14 @@ def run_bench(name: str, tmp_path, *extra: str) -> dict:
     return result["figures"]
 
 
+@pytest.mark.slow  # a benchmark run end to end
 def test_loop_benchmark(tmp_path):
     f = run_bench("loop", tmp_path)
     assert f["ours_images_per_s"] > 0 and f["bare_images_per_s"] > 0
     assert f["efficiency"] == pytest.approx(f["ours_images_per_s"] / f["bare_images_per_s"])
 
 
+@pytest.mark.slow  # a benchmark run end to end
 def test_frozen_prefix_benchmark(tmp_path):
     f = run_bench("frozen_prefix", tmp_path)
     assert sorted(f["AnB"]) == [str(n) for n in range(1, 8)]
@@ -39,6 +41,7 @@ def test_frozen_prefix_benchmark(tmp_path):
         assert modes["no_grad"]["cache_s"] == 0
 
 
+@pytest.mark.slow  # a benchmark run end to end
 def test_compute_benchmark(tmp_path):
     f = run_bench("compute", tmp_path, "--skip-compile")
     assert all(v > 0 for v in f["matmul_gflops"].values())
@@ -47,6 +50,7 @@ def test_compute_benchmark(tmp_path):
     assert sorted(map(int, f["batch_sizes"])) == [8, 16, 32, 64, 128]
 
 
+@pytest.mark.slow  # a benchmark run end to end
 def test_prepare_benchmark(tmp_path):
     f = run_bench("prepare", tmp_path, "--size", "64")
     assert f["images"] == 4 * (10 + 2) and all(v > 0 for v in f["images_per_s_per_core"].values())
@@ -79,6 +83,7 @@ Finished jobid: 0 (Rule: report)
                                "report": {"jobs": 1, "busy_s": 8.0, "span_s": 8.0}}
 
 
+@pytest.mark.slow  # a benchmark run end to end
 def test_caffenet_benchmark_runs_the_imagenet_profile_on_this_device(tmp_path):
     f = run_bench("caffenet", tmp_path, "--params", str(ROOT / "workflow" / "params" / "imagenet.yaml"))
     assert f["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
@@ -91,6 +96,7 @@ def test_caffenet_benchmark_runs_the_imagenet_profile_on_this_device(tmp_path):
     assert f["achieved_gflop_s"] == pytest.approx(f["train_images_per_s"] * f["gflop_per_image"], rel=0.01)
 
 
+@pytest.mark.slow  # a benchmark run end to end
 def test_convergence_ladder(tmp_path):
     """Two budgets of one unit: bases and BnB+ trained through the CLI, the move when doubled computed."""
     f = run_bench("convergence", tmp_path, "--budgets", "0.5", "1", "--units", "1", "--n", "4")
@@ -105,6 +111,7 @@ def test_convergence_ladder(tmp_path):
     assert sorted(unit) == ["BnB-ft/n4", "baseA", "baseB"] and all(0 < r["top1_kbest"] <= 1 for r in unit.values())
 
 
+@pytest.mark.slow  # a benchmark run end to end
 def test_loader_benchmark(tmp_path):
     """The loader against its anchors, hot and cold, 1 and 2 threads, on a 400-image store of 64 px."""
     f = run_bench("loader", tmp_path, "--params", str(ROOT / "workflow" / "params" / "imagenet.yaml"))
@@ -127,6 +134,7 @@ def test_loader_benchmark(tmp_path):
     assert len(f["resident_bytes_after_evict"]) == (5 if f["before"] else 4)  # a pass per cold loader
 
 
+@pytest.mark.slow  # a benchmark run end to end
 def test_random_filters_benchmark(tmp_path):
     """RnB built as the training stage builds it: the traced steps are training.train's (the same first
     evaluation, loss and top-1), and the prototxt's Gaussians leave the small net's random prefix constant."""

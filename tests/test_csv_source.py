@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
@@ -77,6 +78,7 @@ def cli(ws: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow  # the CLI end to end
 def test_a_csv_listing_is_prepared_split_and_fingerprinted(tmp_path):
     root = tmp_path / "data"
     rows = make_tree(root)
@@ -128,6 +130,7 @@ def test_a_csv_listing_is_prepared_split_and_fingerprinted(tmp_path):
     assert sources.source_of(dataset).expected(dataset) == {"classes": 4, "train": 7, "test": 2}
 
 
+@pytest.mark.slow  # the CLI on each mistake in turn
 def test_csv_mistakes_are_one_line_naming_the_row(tmp_path):
     root = tmp_path / "data"
     rows = make_tree(root)

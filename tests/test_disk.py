@@ -58,6 +58,7 @@ def trained(tmp_path, small_disk):
     return ws, small_disk
 
 
+@pytest.mark.slow  # trains a base first
 def test_full_disk_is_reported_before_training_and_outputs_survive(trained):
     ws, disk = trained
     before = snapshot(disk)
@@ -71,6 +72,7 @@ def test_full_disk_is_reported_before_training_and_outputs_survive(trained):
     assert snapshot(disk) == before
 
 
+@pytest.mark.slow  # prepares stores on a small filesystem
 def test_a_store_too_big_for_the_disk_is_refused_and_the_old_one_kept(tmp_path, small_disk):
     ws = make_workspace(tmp_path / "ws")
     make_tree(tmp_path / "images")
@@ -104,6 +106,7 @@ def test_disk_filling_up_mid_write_keeps_the_previous_store(tmp_path, small_disk
     assert snapshot(small_disk) == before  # the old store, and no temporaries
 
 
+@pytest.mark.slow  # trains a base first
 def test_read_only_outputs_are_a_clear_error(trained):
     ws, disk = trained
     before = snapshot(disk)

@@ -131,6 +131,7 @@ def test_torchvision_alexnet_from_weights_on_disk(tmp_path):
     assert x.shape == (2, 9344)
 
 
+@pytest.mark.slow  # torchvision's AlexNet through the CLI
 def test_a_torchvision_model_from_disk_through_the_cli(tmp_path, params, monkeypatch):
     import json
 

@@ -144,6 +144,7 @@ def test_gpu_check_runs_on_the_cpu_as_the_readme_shows(tmp_path):
     assert "## Training throughput" in proc.stdout  # the summary printed at the end
 
 
+@pytest.mark.slow  # the kit as a subprocess
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: the kit would run in full")
 def test_gpu_check_without_a_gpu_says_why_and_still_writes_its_report(tmp_path):
     proc = subprocess.run([sys.executable, str(GPU / "check.py"), "--out", str(tmp_path)],
@@ -161,6 +162,7 @@ def test_gpu_check_without_a_gpu_says_why_and_still_writes_its_report(tmp_path):
     assert "| device | failed |" in (tmp_path / "gpu_check.md").read_text()
 
 
+@pytest.mark.slow  # reads the whole Fashion-MNIST twice
 def test_gpu_pack_writes_the_default_images_per_class_as_idx(tmp_path):
     pack = kit_module("pack")
     from transferability.data.sources.fashion_mnist import fashion_mnist
@@ -192,6 +194,7 @@ def hooked(tmp_path, name: str, args: list[str]) -> list[dict]:
     return [json.loads(line) for line in dump.read_text().splitlines()] if dump.exists() else []
 
 
+@pytest.mark.slow  # the kit's throughput worker, end to end
 def test_the_kit_sets_torch_up_as_a_training_job_does(tmp_path):
     """A throughput row's torch settings when training starts, in the kit's worker and in a training
     job of the same compute run by the CLI (the train stage's own path): the same. The kit once set
@@ -224,6 +227,7 @@ def test_the_kit_sets_torch_up_as_a_training_job_does(tmp_path):
     assert recorded.items() <= job_seen.items()  # what the kit reports is what it ran under
 
 
+@pytest.mark.slow  # the kit's loader and step rows, end to end
 def test_the_streamed_row_measures_the_loader_and_the_step_apart(tmp_path):
     """CaffeNet streamed from the kit's prepared store: the loader alone, the step alone and the loop
     over the same batches, the slower side named as the bound, in the JSON's row, the checks and the

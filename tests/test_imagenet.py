@@ -17,6 +17,7 @@ from .test_workflow import snakemake_jobs, stage_command
 PROFILES = ROOT / "workflow" / "params"
 
 
+@pytest.mark.slow  # Snakemake plans a thousand-class DAG
 @pytest.mark.parametrize("profile", ["imagenet.yaml", "imagenet-day.yaml"])
 def test_imagenet_profiles_plan_every_network_on_one_gpu_each(tmp_path, profile):
     params = tparams.load(PROFILES / profile)
@@ -42,6 +43,7 @@ def test_imagenet_profile_reads_the_studys_lists(tmp_path):
     assert [params["splits"][f"random{s}"]["seed"] for s in range(4)] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow  # CaffeNet trained on a 227 px tree
 def test_caffenet_trains_on_an_imagenet_shaped_tree_on_cpu(tmp_path, monkeypatch):
     """The imagenet profile end to end at toy scale: a flat val folder, the bad-file kinds, 256x256
     store, streamed halves, 227 crops, mean subtraction, CaffeNet base and a transfer network."""

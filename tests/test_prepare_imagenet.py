@@ -246,6 +246,7 @@ def test_cli_refuses_a_class_whose_every_image_is_unreadable(tmp_path):
     assert not (ws / "data" / "prepared" / "inet").exists()
 
 
+@pytest.mark.slow  # prepare killed and run again
 def test_killed_prepare_resumes_to_a_bit_identical_store(tmp_path):
     """SIGKILL a 2-worker prepare (skip mode, a truncated file to drop) once some shards are done:
     the rerun keeps them, and its store is byte for byte an uninterrupted run's."""
