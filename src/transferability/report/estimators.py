@@ -29,6 +29,7 @@ from transferability.estimators.prediction import (
     replicates,
 )
 from transferability.files.atomic import atomic_path, write_json, write_text
+from transferability.report.tables import markdown as md_table
 
 
 def _name(method: str) -> str:
@@ -146,7 +147,6 @@ def drop_table(summary: dict[str, dict[str, Any]], layers: list[int]) -> tuple[l
 
 def markdown(reps: list[dict[str, Any]], summary: dict[str, dict[str, Any]], cost: dict[str, float],
              layers: list[int], header: list[str], rows: list[list[str]], said: list[str]) -> str:
-    from transferability.report.tables import markdown as md_table
 
     lines = ["# Transferability estimators against the measured fan-out, and against depth alone\n"]
     if not reps:
